@@ -1,0 +1,366 @@
+"""The node RPC (contract section 6): a thin aiohttp adapter over `Node`.
+
+Every client input is size-limited before it is read whole and validated before use;
+every refusal is a 4xx with `{"error": {"code", "message"}}`. A 5xx would mean a bug in
+the node, never a client's bad input, and is logged with its traceback.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+
+import msgpack
+from aiohttp import WSMsgType, web
+
+from ledger import block as blockmod
+from ledger import proof as proofmod
+from ledger import views
+from ledger.execution import RESULT_MESSAGES
+from ledger.tx import TxError, parse_signed
+
+log = logging.getLogger("ledger.rpc")
+
+SINGLE_BODY_MAX = 256 * 1024
+BATCH_BODY_MAX = 32 * 1024 * 1024
+BATCH_TXS_MAX = 10_000
+BATCH_SIGS_MAX = 20_000
+WAIT_TIMEOUT_DEFAULT_S = 10.0
+WAIT_TIMEOUT_MAX_S = 60.0
+EVENT_QUEUE_MAX = 1024
+_HEX32 = re.compile(r"^[0-9a-f]{64}$")
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+_STATUS_OF = {
+    "too_large": 413, "duplicate": 409, "mempool_full": 429, "invalid_body": 422,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def tx_error(exc: TxError) -> ApiError:
+    return ApiError(_STATUS_OF.get(exc.code, 400), exc.code, exc.message)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
+        return error_response(exc.status if exc.status < 500 else 400, code, exc.reason or code)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("internal error serving %s %s", request.method, request.path)
+        return error_response(500, "internal", "internal error; see the node's log")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refusing with 413 as soon as it exceeds `limit` (never read whole)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "too_large", f"request body exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"request body exceeds {limit} bytes")
+    return bytes(body)
+
+
+def _is_msgpack(request: web.Request) -> bool:
+    return request.content_type in ("application/msgpack", "application/x-msgpack")
+
+
+def _parse_hex(value, what: str) -> bytes:
+    if type(value) is not str:
+        raise ApiError(400, "bad_encoding", f"{what} must be a hex string")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise ApiError(400, "bad_encoding", f"{what} is not valid hex") from None
+
+
+def _json_body(data: bytes):
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ApiError(400, "bad_encoding", f"body is not valid JSON: {exc}") from None
+
+
+def _tx_id_param(request: web.Request) -> bytes:
+    value = request.match_info["tx_id"]
+    if not _HEX32.match(value):
+        raise ApiError(400, "bad_request", "tx_id must be 64 lowercase hex characters")
+    return bytes.fromhex(value)
+
+
+class RpcServer:
+    def __init__(self, node):
+        self.node = node
+        self.app = web.Application(client_max_size=BATCH_BODY_MAX + 1, middlewares=[error_middleware])
+        r = self.app.router
+        r.add_post("/v1/txs", self.submit)
+        r.add_post("/v1/txs/batch", self.submit_batch)
+        r.add_get("/v1/txs/{tx_id}", self.tx_status)
+        r.add_get("/v1/txs/{tx_id}/proof", self.tx_proof)
+        r.add_get("/v1/blocks/latest", self.block_latest)
+        r.add_get("/v1/blocks/{height}", self.block_at)
+        r.add_get("/v1/accounts/{id}", self.account)
+        r.add_get("/v1/holds/{id}", self.hold)
+        r.add_get("/v1/lcs/{id}", self.lc)
+        r.add_get("/v1/docs/{hash}", self.doc)
+        r.add_get("/v1/members", self.members)
+        r.add_get("/v1/genesis", self.genesis)
+        r.add_get("/v1/status", self.status)
+        r.add_get("/v1/events", self.events)
+        r.add_get("/metrics", self.metrics)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, backlog=1024).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ------------------------------------------------------------------ submissions
+    async def submit(self, request: web.Request) -> web.Response:
+        body = await read_body(request, SINGLE_BODY_MAX)
+        if _is_msgpack(request):
+            raw = body
+        else:
+            data = _json_body(body)
+            if type(data) is not dict or set(data) != {"tx"}:
+                raise ApiError(400, "bad_encoding", 'JSON body must be {"tx": hex}')
+            raw = _parse_hex(data["tx"], "tx")
+        try:
+            stx = self.node.submit(raw)
+        except TxError as exc:
+            raise tx_error(exc) from None
+        if request.query.get("wait") == "commit":
+            timeout = self._timeout(request)
+            future = self.node.wait_for_commit(stx.tx_id)
+            try:
+                record = await asyncio.wait_for(asyncio.shield(future), timeout)
+            except asyncio.TimeoutError:
+                return web.json_response({"tx_id": stx.tx_id.hex(), "status": "pending"}, status=202)
+            return web.json_response(self._committed_json(stx.tx_id, record))
+        return web.json_response({"tx_id": stx.tx_id.hex(), "status": "pending"}, status=202)
+
+    @staticmethod
+    def _timeout(request: web.Request) -> float:
+        raw = request.query.get("timeout")
+        if raw is None:
+            return WAIT_TIMEOUT_DEFAULT_S
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ApiError(400, "bad_request", "timeout must be a number of seconds") from None
+        if not 0 <= value <= WAIT_TIMEOUT_MAX_S:
+            raise ApiError(400, "bad_request", f"timeout must be within 0..{WAIT_TIMEOUT_MAX_S:g} s")
+        return value
+
+    async def submit_batch(self, request: web.Request) -> web.Response:
+        body = await read_body(request, BATCH_BODY_MAX)
+        if _is_msgpack(request):
+            try:
+                items = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
+            except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
+                raise ApiError(400, "bad_encoding", f"body is not a msgpack array: {exc}") from None
+            if type(items) is not list or any(type(i) is not bytes for i in items):
+                raise ApiError(400, "bad_encoding", "msgpack body must be an array of bin (encoded signed txs)")
+            raws = items
+        else:
+            data = _json_body(body)
+            if type(data) is not dict or set(data) != {"txs"} or type(data["txs"]) is not list:
+                raise ApiError(400, "bad_encoding", 'JSON body must be {"txs": [hex, ...]}')
+            raws = data["txs"]
+        if len(raws) > BATCH_TXS_MAX:
+            raise ApiError(413, "too_large", f"a batch holds at most {BATCH_TXS_MAX} transactions")
+        parsed: list = []
+        signatures = 0
+        for item in raws:
+            try:
+                raw = _parse_hex(item, "tx") if type(item) is str else item
+                stx = parse_signed(raw)
+                signatures += len(stx.sigs)
+                parsed.append(raw)
+            except ApiError as exc:
+                parsed.append(exc)
+            except TxError as exc:
+                parsed.append(tx_error(exc))
+        if signatures > BATCH_SIGS_MAX:
+            raise ApiError(413, "too_large", f"a batch carries at most {BATCH_SIGS_MAX} signatures in all")
+        results = []
+        for item in parsed:
+            if isinstance(item, ApiError):
+                results.append({"error": {"code": item.code, "message": item.message}})
+                continue
+            try:
+                stx = self.node.submit(item)
+                results.append({"tx_id": stx.tx_id.hex(), "status": "pending"})
+            except TxError as exc:
+                results.append({"error": {"code": exc.code, "message": exc.message}})
+        return web.json_response({"results": results})
+
+    # ------------------------------------------------------------------ transactions and blocks
+    def _committed_json(self, tx_id: bytes, record) -> dict:
+        return {"tx_id": tx_id.hex(), "status": "committed", "height": record.height, "index": record.index,
+                "result": {"code": record.code, "message": RESULT_MESSAGES.get(record.code, record.code)}}
+
+    async def tx_status(self, request: web.Request) -> web.Response:
+        tx_id = _tx_id_param(request)
+        record = self.node.commit_record(tx_id)
+        if record is not None:
+            return web.json_response(self._committed_json(tx_id, record))
+        if tx_id in self.node.mempool:
+            return web.json_response({"tx_id": tx_id.hex(), "status": "pending", "height": None, "index": None,
+                                      "result": None})
+        raise ApiError(404, "unknown_tx", "this node holds no such transaction")
+
+    async def tx_proof(self, request: web.Request) -> web.Response:
+        tx_id = _tx_id_param(request)
+        proof = proofmod.build_proof(self.node.store, tx_id)
+        if proof is None:
+            if tx_id in self.node.mempool:
+                raise ApiError(404, "not_committed", "the transaction is pending; a proof exists once it is committed")
+            raise ApiError(404, "unknown_tx", "this node holds no such committed transaction")
+        return web.json_response(proof)
+
+    def _block_json(self, height: int, with_txs: bool) -> dict:
+        stored = self.node.store.block(height)
+        cert = self.node.store.certificate(height)
+        if stored is None or cert is None:
+            raise ApiError(404, "unknown_block", f"no block at height {height}")
+        header = blockmod.decode_header(stored.header)
+        out = {
+            "height": height, "hash": blockmod.block_hash(stored.header).hex(), "header": header.to_json(),
+            "header_bytes": stored.header.hex(), "tx_ids": [i.hex() for i in stored.tx_ids],
+            "results": stored.results, "commit": blockmod.certificate_to_json(cert),
+        }
+        if with_txs:
+            out["txs"] = [t.hex() for t in stored.txs]
+        return out
+
+    async def block_latest(self, request: web.Request) -> web.Response:
+        if self.node.tip.height == 0:
+            raise ApiError(404, "unknown_block", "no block has been committed yet")
+        return web.json_response(self._block_json(self.node.tip.height, request.query.get("txs") == "1"))
+
+    async def block_at(self, request: web.Request) -> web.Response:
+        raw = request.match_info["height"]
+        if not raw.isdigit() or len(raw) > 19:
+            raise ApiError(400, "bad_request", "height must be a positive integer")
+        height = int(raw)
+        if not 1 <= height <= self.node.tip.height:
+            raise ApiError(404, "unknown_block", f"no block at height {height}")
+        return web.json_response(self._block_json(height, request.query.get("txs") == "1"))
+
+    # ------------------------------------------------------------------ state
+    def _id_param(self, request: web.Request) -> str:
+        value = request.match_info["id"]
+        if not _ID.match(value):
+            raise ApiError(400, "bad_request", "id must match [A-Za-z0-9._:-]{1,64}")
+        return value
+
+    async def account(self, request: web.Request) -> web.Response:
+        found = views.account_view(self.node.state, self._id_param(request))
+        if found is None:
+            raise ApiError(404, "unknown_account", "no such account")
+        return web.json_response(found)
+
+    async def hold(self, request: web.Request) -> web.Response:
+        found = views.hold_view(self.node.state, self._id_param(request))
+        if found is None:
+            raise ApiError(404, "unknown_hold", "no such hold")
+        return web.json_response(found)
+
+    async def lc(self, request: web.Request) -> web.Response:
+        found = views.lc_view(self.node.state, self._id_param(request))
+        if found is None:
+            raise ApiError(404, "unknown_lc", "no such letter of credit")
+        return web.json_response(found)
+
+    async def doc(self, request: web.Request) -> web.Response:
+        value = request.match_info["hash"]
+        if not _HEX32.match(value):
+            raise ApiError(400, "bad_request", "hash must be 64 lowercase hex characters")
+        found = views.doc_view(self.node.state, bytes.fromhex(value))
+        if found is None:
+            raise ApiError(404, "unknown_doc", "no such document")
+        return web.json_response(found)
+
+    async def members(self, request: web.Request) -> web.Response:
+        return web.json_response(views.members_view(self.node.state))
+
+    async def genesis(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.genesis)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.node.status())
+
+    # ------------------------------------------------------------------ streams and metrics
+    async def events(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
+        await ws.prepare(request)
+        queue: asyncio.Queue = asyncio.Queue(maxsize=EVENT_QUEUE_MAX)
+        self.node.event_subscribers.add(queue)
+        reader = asyncio.get_running_loop().create_task(self._drain_client(ws))
+        try:
+            while not ws.closed:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                message = getter.result()
+                if message is None:
+                    break  # dropped for falling behind
+                await ws.send_json(message)
+        finally:
+            self.node.event_subscribers.discard(queue)
+            reader.cancel()
+            await ws.close()
+        return ws
+
+    @staticmethod
+    async def _drain_client(ws: web.WebSocketResponse) -> None:
+        """Read (and ignore) what the client sends until it closes."""
+        async for message in ws:
+            if message.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                break
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        node = self.node
+        lines = []
+
+        def gauge(name: str, value, help_text: str, kind: str = "gauge") -> None:
+            lines.extend([f"# HELP ledger_{name} {help_text}", f"# TYPE ledger_{name} {kind}", f"ledger_{name} {value}"])
+
+        gauge("height", node.tip.height, "Committed height.")
+        gauge("view", node.replica.view, "Current consensus view.")
+        gauge("mempool_size", len(node.mempool), "Pending transactions.")
+        gauge("peers_connected", len(node.p2p.connected()), "Connected validator peers.")
+        for name, value in sorted(node.stats.counters.items()):
+            gauge(f"node_{name}_total", value, f"Node counter {name}.", "counter")
+        for name, value in sorted(node.replica.counters.items()):
+            gauge(f"consensus_{name}_total", value, f"Consensus counter {name}.", "counter")
+        for name, value in sorted(node.p2p.counters.items()):
+            gauge(f"p2p_{name}_total", value, f"Peer network counter {name}.", "counter")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")

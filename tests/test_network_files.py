@@ -1,0 +1,60 @@
+"""`ledger net init`: genesis, keys (mode 0600), configs; --public-keys; --issuer; copying DIR."""
+import json
+import os
+import shutil
+import stat
+import subprocess
+
+from ledger.crypto import KeyPair
+from ledger.network import load_config, load_genesis
+from tests.netutil import ROOT, ledger_cmd
+
+
+def run(*args):
+    return subprocess.run(ledger_cmd(*args), cwd=ROOT, capture_output=True, text=True)
+
+
+def test_init_layout_and_defaults(tmp_path):
+    directory = tmp_path / "net"
+    result = run("net", "init", "--validators", "4", "--dir", str(directory), "--issuer", "EUR=BANK3")
+    assert result.returncode == 0, result.stderr
+    genesis = json.loads((directory / "genesis.json").read_text())
+    assert [v["name"] for v in genesis["validators"]] == ["node0", "node1", "node2", "node3"]
+    assert [m["id"] for m in genesis["members"]] == ["BANK0", "BANK1", "BANK2", "BANK3"]
+    assert genesis["issuers"]["USD"] == "BANK0" and genesis["issuers"]["JPY"] == "BANK0"
+    assert genesis["issuers"]["EUR"] == "BANK3" and genesis["issuers"]["GBP"] == "BANK2"
+    assert genesis["params"] == {"max_clock_drift_ms": 5000, "max_block_txs": 10000, "max_block_bytes": 8388608}
+    for i in range(4):
+        key_file = directory / f"node{i}" / "node_key.json"
+        assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+        assert KeyPair.load(str(key_file)).public_key.hex() == genesis["validators"][i]["public_key"]
+        admin = KeyPair.load(str(directory / "keys" / f"BANK{i}.json"))
+        assert admin.public_key.hex() == genesis["members"][i]["admin_key"]
+    config = load_config(str(directory / "node2"))
+    assert (config.rpc_port, config.p2p_port) == (7702, 7802)
+    assert [p.name for p in config.peers] == ["node0", "node1", "node3"]
+    # The directory works as a whole when copied elsewhere.
+    copied = tmp_path / "elsewhere"
+    shutil.copytree(directory, copied)
+    moved = load_config(str(copied / "node1"))
+    assert load_genesis(moved.genesis_path) == genesis
+    assert run("net", "init", "--dir", str(directory)).returncode == 2  # never overwrites a network
+
+
+def test_init_from_public_keys_writes_no_secrets(tmp_path):
+    entries = []
+    for i in range(4):
+        node, admin = KeyPair.generate(), KeyPair.generate()
+        entries.append({"name": f"v{i}", "member": f"B{i}", "public_key": node.public_key.hex(),
+                        "admin_key": admin.public_key.hex()})
+    listing = tmp_path / "keys.json"
+    listing.write_text(json.dumps(entries))
+    directory = tmp_path / "net"
+    result = run("net", "init", "--dir", str(directory), "--public-keys", str(listing), "--chain-id", "banks")
+    assert result.returncode == 0, result.stderr
+    genesis = json.loads((directory / "genesis.json").read_text())
+    assert genesis["chain_id"] == "banks"
+    assert [v["public_key"] for v in genesis["validators"]] == [e["public_key"] for e in entries]
+    assert not any(name.endswith("key.json") for _, _, files in os.walk(directory) for name in files)
+    assert not os.listdir(directory / "keys")
+    assert load_config(str(directory / "v0")).name == "v0"
