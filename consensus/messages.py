@@ -22,7 +22,7 @@ anything else. It never verifies signatures; the replica does that (once per mes
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Union
 
 import msgpack
@@ -75,17 +75,15 @@ class Limits:
     validators_max: int
     payload_bytes_max: int = 9 * 2**20  # 8 MiB of signed txs plus their msgpack framing
     header_bytes_max: int = 4096
+    message_bytes_max: int = field(init=False)
+    body_bytes_max: int = field(init=False)
 
-    @property
-    def message_bytes_max(self) -> int:
+    def __post_init__(self):
         # A NEW-VIEW holds up to n VIEW-CHANGE bodies, each with a header, a certificate
         # and a prepared certificate of up to n votes; 512 bytes per vote is generous.
         structure = self.validators_max * (2 * self.header_bytes_max + 512 * (2 * self.validators_max + 2))
-        return self.payload_bytes_max + self.header_bytes_max + structure + 65536
-
-    @property
-    def body_bytes_max(self) -> int:
-        return self.message_bytes_max - self.payload_bytes_max
+        object.__setattr__(self, "body_bytes_max", self.header_bytes_max + structure + 65536)
+        object.__setattr__(self, "message_bytes_max", self.payload_bytes_max + self.body_bytes_max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,11 +326,44 @@ def _unpack_envelope(data: bytes, limits: Limits) -> list:
 # Field checks: every value from the wire is checked for type and range before use.
 
 
+def _sorted_pairs(pairs):
+    # Canonical maps have str keys in strictly ascending order (code point order is
+    # UTF-8 byte order), which also rules out duplicate keys.
+    previous = None
+    for key, _ in pairs:
+        if type(key) is not str:
+            raise MessageError("non_canonical", "map key is not a str")
+        if previous is not None and key <= previous:
+            raise MessageError("non_canonical", "map keys are not sorted or repeat")
+        previous = key
+    return dict(pairs)
+
+
 def _decode_body(body: bytes):
+    """Decode a signed body and prove it canonical.
+
+    Same rule as ledger.codec.decode, a little cheaper: key order is checked while
+    decoding, so re-packing the value must reproduce the input exactly (which rules out
+    every longer form). Floats and ext types re-pack unchanged; they are refused by the
+    field checks, which every body parser applies to every leaf.
+    """
     try:
-        return codec.decode(body)
-    except codec.CodecError as exc:
-        raise MessageError("bad_body", exc.code) from None
+        value = msgpack.unpackb(
+            body, raw=False, use_list=True, strict_map_key=False, object_pairs_hook=_sorted_pairs, timestamp=0
+        )
+    except MessageError:
+        raise
+    except msgpack.ExtraData:
+        raise MessageError("non_canonical", "bytes follow the body") from None
+    except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
+        raise MessageError("bad_body", str(exc)) from None
+    try:
+        again = msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MessageError("non_canonical", str(exc)) from None
+    if again != body:
+        raise MessageError("non_canonical", "not the shortest encoding")
+    return value
 
 
 def _fields(obj, keys: tuple[str, ...], what: str) -> tuple:
@@ -391,9 +422,9 @@ def parse_header(header: bytes, limits: Limits | None = None) -> Header:
     if type(header) is not bytes or (limits is not None and len(header) > limits.header_bytes_max):
         raise MessageError("bad_header", "header too large")
     try:
-        obj = codec.decode(header)
-    except codec.CodecError as exc:
-        raise MessageError("bad_header", exc.code) from None
+        obj = _decode_body(header)
+    except MessageError as exc:
+        raise MessageError("bad_header", exc.reason) from None
     if type(obj) is not dict or obj.keys() != HEADER_KEYS:
         raise MessageError("bad_header", "header keys")
     if type(obj["chain"]) is not str:

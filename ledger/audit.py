@@ -13,16 +13,17 @@ Per block, in this order (the first failing check is the one reported; the walk 
 at the first failing block, because every later block is judged against it):
 
     record_missing      header, body and certificate are all stored at this height
+    certificate_decode  the certificate record is canonical msgpack (RPC: well-formed JSON)
+    body_decode         the block body is {txs, tx_ids, results} of equal lengths
     header_decode       the header is a canonical header map (section 4)
     header_height       its height is the height it is stored at
     header_chain        its chain is genesis chain_id
     prev_link           prev is the previous block's hash (height 1: the genesis hash)
     time_order          time is after the previous block's time (height 1: genesis_time)
     proposer            proposer is the primary of the header's view
-    certificate_decode  the certificate record is canonical msgpack (RPC: well-formed JSON)
-    certificate         >= q valid votes of distinct genesis validators, nothing else
+    certificate         >= q valid votes of distinct genesis validators, nothing else, in
+                        the header's view or a later one
     block_hash          the header hashes to the certificate's block_hash
-    body_decode         the block body is {txs, tx_ids, results} of equal lengths
     tx_count            header tx_count is the number of stored transactions
     block_limits        params.max_block_txs and params.max_block_bytes hold
     tx_root             tx_root is the RFC 6962 root over the stored envelopes
@@ -44,19 +45,19 @@ write-ahead records (prefix b"w") are the replica's own votes and view state, no
 data: they are counted and reported as not covered.
 
 Speed: each record is decoded once and each signature verified once; for large blocks
-the signatures verify on worker processes while the main thread parses and replays the
-same block (see SignatureVerifier).
+the signatures verify on worker processes while the main thread parses the next block
+and replays (see SignatureVerifier and ChainChecker).
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
-import multiprocessing
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -70,13 +71,14 @@ from ledger.tx import SignedTx, TxError, expiry_fits_block, parse_signed
 
 # Every check, in the order it runs; the names appear in reports and in docs/audit.md.
 BLOCK_CHECKS = (
-    "record_missing", "header_decode", "header_height", "header_chain", "prev_link", "time_order", "proposer",
-    "certificate_decode", "certificate", "block_hash", "body_decode", "tx_count", "block_limits", "tx_root",
+    "record_missing", "certificate_decode", "body_decode", "header_decode", "header_height", "header_chain",
+    "prev_link", "time_order", "proposer", "certificate", "block_hash", "tx_count", "block_limits", "tx_root",
     "tx_envelope", "tx_ids", "tx_chain", "tx_expiry", "tx_duplicate", "results_root", "tx_signature",
     "result_code", "state_root",
 )
 RPC_CHECKS = ("rpc_block",)  # the node's JSON answer agrees with the bytes it carries
-STORE_CHECKS = ("genesis_record", "block_records", "tip_record", "state_record", "tx_index", "unknown_record")
+RECORD_CHECKS = ("block_records", "tip_record", "state_record", "tx_index", "unknown_record")
+STORE_CHECKS = ("genesis_record",) + RECORD_CHECKS
 
 FINDINGS_KEPT_MAX = 200  # a store with a broken state can differ in every record; keep the report readable
 VERIFY_CHUNK_TXS = 250
@@ -118,7 +120,12 @@ class Finding:
         return {"check": self.check, "height": self.height, "key": self.key, "message": self.message}
 
     def describe(self) -> str:
-        where = "store" if self.height is None else f"height {self.height}"
+        if self.height is None:
+            where = "store"
+        elif self.check in RECORD_CHECKS:
+            where = f"tip height {self.height}"  # a derived record, judged against the chain up to the tip
+        else:
+            where = f"height {self.height}"
         if self.key is not None:
             where += f", key {self.key}"
         return f"{where}, check {self.check}: {self.message}"
@@ -179,9 +186,9 @@ class AuditReport:
                 lines.append(f"  also: {finding.describe()}")
             if self.findings_total > 20:
                 lines.append(f"  ... {self.findings_total - 20} more (use --json for the first {FINDINGS_KEPT_MAX})")
-        span = f"heights 1..{self.height}" if self.blocks else "no block passed"
-        lines.append(f"  checked {self.blocks} blocks ({span}) and {self.txs:,} transactions "
-                     f"in {self.elapsed_s:.2f} s ({self.txs_per_s:,.0f} tx/s)")
+        span = f"heights 1..{self.height}" if self.blocks else "none"
+        lines.append(f"  {self.blocks} blocks ({span}) and {self.txs:,} transactions passed every block check; "
+                     f"{self.elapsed_s:.2f} s ({self.txs_per_s:,.0f} tx/s)")
         if self.covered:
             lines.append("  compared: " + ", ".join(f"{count:,} {name}" for name, count in self.covered.items()))
         for item in self.skipped:
@@ -212,18 +219,21 @@ class SignatureVerifier:
     for the replaying main thread's switch interval, so the workers crawl. Worker
     processes get the few bytes a check needs (tx id, signers, signatures) in chunks,
     submitted while the main thread is still parsing the rest of the block, and verify
-    while it computes the roots and replays. Small blocks are verified inline: starting
-    processes would cost more than it saves.
+    while it prepares the next block and replays this one (see ChainChecker). Small
+    blocks are verified inline: the round trips would cost more than they save.
     """
 
     def __init__(self, workers: int | None = None):
-        self.workers = workers if workers is not None else (os.cpu_count() or 1)
+        """`workers`: how many processes verify (0: all inline); by default one per core on a multi-core machine."""
+        cores = os.cpu_count() or 1
+        self.workers = workers if workers is not None else (cores if cores > 1 else 0)
         self._pool: ProcessPoolExecutor | None = None
 
     def begin(self, tx_count: int) -> "BlockVerification":
-        parallel = self.workers > 1 and tx_count >= PARALLEL_VERIFY_MIN_TXS
+        parallel = self.workers > 0 and tx_count >= PARALLEL_VERIFY_MIN_TXS
         if parallel and self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+            # fork, not spawn: spawn re-runs the caller's __main__ module in every worker.
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("fork"))
         return BlockVerification(self._pool if parallel else None)
 
     def close(self) -> None:
@@ -239,7 +249,7 @@ class BlockVerification:
         self._pool = pool
         self._chunk: list[tuple[bytes, tuple[bytes, ...], tuple[bytes, ...]]] = []
         self._chunk_start = 0
-        self._submitted: list[tuple[int, list, Future]] = []
+        self._submitted: list[tuple[int, list, Future | None]] = []
 
     def add(self, stx: SignedTx) -> None:
         self._chunk.append((stx.tx_id, stx.signers, stx.sigs))
@@ -248,7 +258,11 @@ class BlockVerification:
 
     def _submit(self) -> None:
         chunk, start = self._chunk, self._chunk_start
-        self._submitted.append((start, chunk, self._pool.submit(verify_signatures, chunk, start)))
+        try:
+            future = self._pool.submit(verify_signatures, chunk, start)
+        except BrokenExecutor:
+            future = None  # a worker died earlier: this chunk is verified inline in first_invalid
+        self._submitted.append((start, chunk, future))
         self._chunk_start += len(chunk)
         self._chunk = []
 
@@ -257,7 +271,7 @@ class BlockVerification:
         found = []
         for start, chunk, future in self._submitted:
             try:
-                found.append(future.result())
+                found.append(verify_signatures(chunk, start) if future is None else future.result())
             except BrokenExecutor:
                 found.append(verify_signatures(chunk, start))  # a worker died: do its share here
         found.append(verify_signatures(self._chunk, self._chunk_start))
@@ -273,8 +287,26 @@ def verify_signatures(items: list[tuple[bytes, tuple[bytes, ...], tuple[bytes, .
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedBlock:
+    """A block whose header, certificate and transactions passed; its replay is still to come."""
+
+    records: BlockRecords
+    header: blockmod.Header
+    stxs: list[SignedTx]
+    verification: BlockVerification
+
+
 class ChainChecker:
-    """Checks blocks in height order from genesis and replays them (contract sections 2-4 and 8)."""
+    """Checks blocks in height order from genesis and replays them (contract sections 2-4 and 8).
+
+    Each block goes through two stages, so that signatures of one block verify on worker
+    processes while the main thread works on its neighbours: `prepare` (header,
+    certificate, roots, transactions; starts the signature checks) and `replay`
+    (execution, result codes, state root, then the signature verdict). The walk runs
+    prepare(h + 1) before replay(h); replay(h) decides first, so a failure is always
+    reported at the lowest failing height.
+    """
 
     def __init__(self, genesis: dict, verifier: SignatureVerifier):
         params = params_of(genesis)
@@ -285,32 +317,36 @@ class ChainChecker:
         self.max_block_bytes: int = params["max_block_bytes"]
         self.genesis_hash = blockmod.genesis_hash(genesis)
         self.state = LedgerState.from_genesis(genesis)
-        self.genesis_state_root = self.state.state_root
-        self.height = 0
+        self.height = 0  # the last prepared block: the header chain's tip
         self.tip_hash = self.genesis_hash
         self.tip_time: int = genesis["genesis_time"]  # what the next block's time must exceed
         self.tx_locations: dict[bytes, tuple[int, int]] = {}  # what the tx index must hold
 
-    def check(self, block: BlockRecords) -> None:
-        """Every per-block check; raises CheckFailed, or advances the replayed chain by one block."""
+    def prepare(self, block: BlockRecords) -> PreparedBlock:
+        """The checks that need no replay; raises CheckFailed. Extends the header chain by one."""
         height = self.height + 1
         if block.height != height:
             raise CheckFailed("record_missing", f"expected the block at height {height}, got {block.height}")
         header = self._check_header(block.header, height)
         block_hash = blockmod.block_hash(block.header)
-        self._check_certificate(block.certificate, height, block_hash)
+        self._check_certificate(block.certificate, header, block_hash)
         self._check_payload(header, block)
         verification = self.verifier.begin(len(block.txs))
         stxs = self._check_transactions(header, block, verification)  # signatures start verifying meanwhile
         if blockmod.results_root(block.tx_ids, block.results) != header.results_root:
             raise CheckFailed("results_root", "results_root does not match the stored tx ids and result codes")
-        outcome = execute_block(self.state, height, header.time, stxs)
-        bad = verification.first_invalid()
+        self.height, self.tip_hash, self.tip_time = height, block_hash, header.time
+        return PreparedBlock(block, header, stxs, verification)
+
+    def replay(self, prepared: PreparedBlock) -> None:
+        """Execute the block on the replayed state and judge its signatures; raises CheckFailed."""
+        header, block, stxs = prepared.header, prepared.records, prepared.stxs
+        outcome = execute_block(self.state, header.height, header.time, stxs)
+        bad = prepared.verification.first_invalid()
         if bad is not None:
             raise CheckFailed("tx_signature", f"tx {bad} ({stxs[bad].tx_id.hex()}): a signature does not verify")
         self._check_replay(header, block, outcome)
         self.state.apply(outcome.changes, outcome.state_root)
-        self.height, self.tip_hash, self.tip_time = height, block_hash, header.time
 
     def _check_header(self, header_bytes: bytes, height: int) -> blockmod.Header:
         try:
@@ -333,8 +369,11 @@ class ChainChecker:
                                           f"{header.view} ({primary.hex()[:16]})")
         return header
 
-    def _check_certificate(self, certificate, height: int, block_hash: bytes) -> None:
-        problem = blockmod.certificate_error(certificate, self.chain_id, self.validators, height)
+    def _check_certificate(self, certificate, header: blockmod.Header, block_hash: bytes) -> None:
+        problem = blockmod.certificate_error(certificate, self.chain_id, self.validators, header.height)
+        if problem is None and certificate["view"] < header.view:
+            # A block commits in the view it was proposed in or, carried over, in a later one.
+            problem = f"certificate view {certificate['view']} is before the header's view {header.view}"
         if problem is not None:
             raise CheckFailed("certificate", problem)
         if certificate["block_hash"] != block_hash:
@@ -394,45 +433,64 @@ BlockLoader = Callable[[], BlockRecords]  # raises CheckFailed for a missing or 
 
 def _walk(checker: ChainChecker, blocks: Iterable[tuple[int, BlockLoader]], report: AuditReport,
           progress: ProgressFn | None, total: int) -> bool:
-    """Check every block in order; record the first failure and stop there. True if all passed."""
-    for height, load in blocks:
+    """Check every block in order, one block of lookahead; record the first failure and stop. True if all passed."""
+    pending: PreparedBlock | None = None  # prepared, waiting for its replay
+
+    def replay_pending() -> bool:
         try:
-            block = load()
-            checker.check(block)
+            checker.replay(pending)
         except CheckFailed as failed:
-            report.add(Finding(failed.check, failed.message, height=height))
+            report.add(Finding(failed.check, failed.message, height=pending.header.height))
             return False
         report.blocks += 1
-        report.txs += len(block.txs)
-        report.height = height
+        report.txs += len(pending.stxs)
+        report.height = pending.header.height
         if progress is not None:
-            progress(height, total, report.txs)
-    return True
+            progress(report.height, total, report.txs)
+        return True
+
+    for height, load in blocks:
+        try:
+            prepared = checker.prepare(load())
+        except CheckFailed as failed:
+            if pending is None or replay_pending():  # a failure below this height comes first
+                report.add(Finding(failed.check, failed.message, height=height))
+            return False
+        if pending is not None and not replay_pending():
+            return False
+        pending = prepared
+    return pending is None or replay_pending()
 
 
 # ---------------------------------------------------------------------- offline: a stopped node's store
 class _HeightCursor:
     """Walks the records under one block prefix in key order, handing them out by height.
 
-    Keys are prefix + 8-byte big-endian height, so key order is height order; a key of
-    any other shape is collected in `strays` as it is passed.
+    Keys are prefix + 8-byte big-endian height, so key order is height order. A key of
+    any other length, or of height 0, is set aside in `strays` as it is passed, so the
+    cursor only ever stops at a well-formed height key.
     """
+
+    KEY_LENGTH = 9
 
     def __init__(self, store: storemod.LevelDBStore, prefix: bytes):
         self._prefix = prefix
         self._items = iter(store.raw_items(prefix))
-        self._next = next(self._items, None)
         self.strays: list[bytes] = []
+        self._next: tuple[bytes, bytes] | None = None
+        self._advance()
 
     def _advance(self) -> None:
-        self._next = next(self._items, None)
+        for key, value in self._items:
+            if len(key) == self.KEY_LENGTH and key != storemod.height_key(self._prefix, 0):
+                self._next = (key, value)
+                return
+            self.strays.append(key)
+        self._next = None
 
     def take(self, height: int) -> bytes | None:
-        wanted = storemod.height_key(self._prefix, height)
-        while self._next is not None and self._next[0] < wanted:
-            self.strays.append(self._next[0])
-            self._advance()
-        if self._next is not None and self._next[0] == wanted:
+        """The record at `height`, or None if there is none."""
+        if self._next is not None and self._next[0] == storemod.height_key(self._prefix, height):
             value = self._next[1]
             self._advance()
             return value
@@ -441,12 +499,6 @@ class _HeightCursor:
     @property
     def exhausted(self) -> bool:
         return self._next is None
-
-    def drain(self) -> None:
-        """Collect whatever remains (after the last block) as strays."""
-        while self._next is not None:
-            self.strays.append(self._next[0])
-            self._advance()
 
 
 def _decode_store_block(height: int, header: bytes | None, body: bytes | None, cert: bytes | None) -> BlockRecords:
@@ -483,8 +535,6 @@ def _store_blocks(cursors: list[_HeightCursor]) -> Iterator[tuple[int, BlockLoad
     height = 1
     while not all(cursor.exhausted for cursor in cursors):
         records = (header_cursor.take(height), body_cursor.take(height), cert_cursor.take(height))
-        if all(raw is None for raw in records) and all(cursor.exhausted for cursor in cursors):
-            return  # only malformed keys were left: they are strays, not a block
         yield height, (lambda h=height, r=records: _decode_store_block(h, *r))
         height += 1
 
@@ -566,7 +616,6 @@ class _StoreAudit:
 
     def _check_strays(self, cursors: list[_HeightCursor]) -> None:
         for cursor in cursors:
-            cursor.drain()
             for key in cursor.strays:
                 self._finding("block_records", "a block record whose key is not prefix + 8-byte height",
                               key=key.hex())
@@ -620,11 +669,14 @@ class _StoreAudit:
             tx_id = key[1:]
             shown = tx_id.hex()
             location = expected.pop(tx_id, None) if len(tx_id) == 32 else None
-            stored = _decode_location(raw)
             if location is None:
                 self._finding("tx_index", f"extra: no such transaction in the chain (entry {_show_raw(raw)})",
                               key=shown)
-            elif stored is None:
+                continue
+            if raw == codec.encode(list(location)):
+                continue  # the common case: exactly the canonical entry, no decoding needed
+            stored = _decode_location(raw)
+            if stored is None:
                 self._finding("tx_index", f"undecodable entry {raw.hex()}; the chain has it at height "
                                           f"{location[0]} index {location[1]}", key=shown)
             elif stored != location:
@@ -723,6 +775,7 @@ def _hex_list(value, what: str, length: int | None = None) -> list[bytes]:
 
 
 def _decode_rpc_block(height: int, status: int, data) -> BlockRecords:
+    """The block JSON of GET /v1/blocks/{height}?txs=1, in the same check order as a stored block."""
     if status == 404:
         raise CheckFailed("record_missing", f"the node has no block at height {height}")
     if status != 200 or type(data) is not dict:
@@ -730,15 +783,6 @@ def _decode_rpc_block(height: int, status: int, data) -> BlockRecords:
     keys = {"height", "hash", "header", "header_bytes", "tx_ids", "results", "commit", "txs"}
     if not keys <= data.keys():
         raise CheckFailed("rpc_block", f"the block lacks {sorted(keys - data.keys())}")
-    header_bytes = _hex_list([data["header_bytes"]], "header_bytes")[0]
-    if data["height"] != height or data["hash"] != blockmod.block_hash(header_bytes).hex():
-        raise CheckFailed("rpc_block", "the answer's height or hash does not match its header bytes")
-    try:
-        header_json = blockmod.decode_header(header_bytes).to_json()
-    except ValueError as exc:
-        raise CheckFailed("header_decode", str(exc)) from None
-    if data["header"] != header_json:
-        raise CheckFailed("rpc_block", "the answer's header object differs from its header bytes")
     try:
         certificate = blockmod.certificate_from_json(data["commit"])
     except ValueError as exc:
@@ -747,10 +791,19 @@ def _decode_rpc_block(height: int, status: int, data) -> BlockRecords:
     tx_ids = _hex_list(data["tx_ids"], "tx_ids", 32)
     results = data["results"]
     if type(results) is not list or any(type(code) is not str for code in results):
-        raise CheckFailed("rpc_block", "results must be a list of result codes")
+        raise CheckFailed("body_decode", "results must be a list of result codes")
     if not len(txs) == len(tx_ids) == len(results):
         raise CheckFailed("body_decode", f"the block holds {len(txs)} txs, {len(tx_ids)} tx ids and "
                                          f"{len(results)} results")
+    header_bytes = _hex_list([data["header_bytes"]], "header_bytes")[0]
+    if data["height"] != height or data["hash"] != blockmod.block_hash(header_bytes).hex():
+        raise CheckFailed("rpc_block", "the answer's height or hash does not match its header bytes")
+    try:
+        header_json = blockmod.decode_header(header_bytes).to_json()
+    except ValueError:
+        header_json = None  # undecodable: the checker reports header_decode
+    if header_json is not None and data["header"] != header_json:
+        raise CheckFailed("rpc_block", "the answer's header object differs from its header bytes")
     return BlockRecords(height, header_bytes, certificate, txs, tx_ids, results)
 
 

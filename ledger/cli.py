@@ -206,6 +206,9 @@ def cmd_tx(args) -> int:
             return 2
     raw = make_tx(chain, args.type, body, keys, nonce=args.nonce if args.nonce is not None else time.time_ns() % 2**63,
                   expires=now_ms + args.ttl * 1000)
+    if not args.json:
+        print(txbuilder.describe(args.type, body, currency_hint=next(
+            (w.split("=", 1)[1] for w in args.fields if w.startswith("currency=")), None)))
     url = f"{rpc}/v1/txs" + ("?wait=commit&timeout=30" if args.wait else "")
     try:
         status, answer = _http_json(url, data=raw, content_type="application/msgpack", timeout=40)
@@ -218,10 +221,10 @@ def cmd_tx(args) -> int:
         print(f"refused ({status}): {answer['error']['code']}: {answer['error']['message']}")
     elif answer.get("status") == "committed":
         result = answer["result"]
-        print(f"{args.type} {answer['tx_id']}\n  committed at height {answer['height']} (index {answer['index']}): "
+        print(f"  tx {answer['tx_id']}\n  committed at height {answer['height']} (index {answer['index']}): "
               f"{result['code']} - {result['message']}")
     else:
-        print(f"{args.type} {answer['tx_id']}\n  pending; see {rpc}/v1/txs/{answer['tx_id']}")
+        print(f"  tx {answer['tx_id']}\n  pending; see {rpc}/v1/txs/{answer['tx_id']}")
     if "error" in answer:
         return 1
     if answer.get("status") == "committed" and answer["result"]["code"] != "ok":

@@ -73,7 +73,6 @@ class _CatchUp:
     peers: list[bytes]
     peer_index: int = 0
     deadline_ms: int = 0
-    progressed: bool = False
 
 
 @dataclass
@@ -109,6 +108,7 @@ class Node:
             self.replica = Replica(
                 ReplicaConfig(chain_id=self.chain_id, validators=self.validators),
                 self.key, self.tip.height, self.tip.hash, self.store.wal_items(),
+                committed_certificate=self.store.certificate(self.tip.height) if self.tip.height else None,
             )
         except (StartupError, StoreError, ValueError) as exc:
             self.store.close()
@@ -269,9 +269,8 @@ class Node:
             raise TypeError(f"unknown consensus action {action!r}")
 
     def _forget_wal(self, below_height: int) -> None:
-        stale = [key for key, _ in self.store.wal_items() if Replica.wal_key_height(key) < below_height]
-        if stale:
-            self.store.wal_delete(stale)
+        # Replica WAL keys start with their 8-byte big-endian height (consensus/wal.py).
+        self.store.wal_delete_below(below_height.to_bytes(8, "big"))
 
     # ------------------------------------------------------------------ blocks
     def chain_context(self) -> ChainContext:
@@ -365,6 +364,9 @@ class Node:
         self.stats.counters["blocks_committed"] += 1
         self.stats.counters["txs_committed"] += len(tx_ids)
         self._publish_block(checked, tx_ids, outcome.results)
+        if self._catchup is None:
+            # The replica forgets the work state when its height moves (consensus/events.py).
+            self._report_work(now, force=True)
 
     def _publish_block(self, checked: CheckedBlock, tx_ids, results) -> None:
         if not self.event_subscribers:
@@ -387,12 +389,13 @@ class Node:
         peers = [p for p in peers if p in self.validator_names and p != self.key.public_key]
         if not peers:
             peers = self.p2p.connected()
-        if not peers:
-            return
         if self._catchup is not None:
             self._catchup.peers = peers
             return
         self._catchup = _CatchUp(next_height=max(from_height, self.tip.height + 1), peers=peers)
+        if not peers:
+            self._finish_catchup()  # nobody to ask now: the replica retries later
+            return
         self._request_blocks()
 
     def _request_blocks(self) -> None:
@@ -455,16 +458,19 @@ class Node:
             applied += 1
             self.stats.counters["blocks_fetched"] += 1
         if applied:
-            sync.progressed = True
-        if applied and len(items) >= 1:
             self._request_blocks()  # keep going until a peer has nothing more
             return
         self._finish_catchup()
 
     def _finish_catchup(self) -> None:
-        sync, self._catchup = self._catchup, None
-        if sync is not None and sync.progressed:
-            self.feed(ev.Synced(self.tip.height, self.tip.hash, self.store.header(self.tip.height)))
+        """Every fetch ends with Synced, also one that made no progress (the replica retries)."""
+        if self._catchup is None:
+            return
+        self._catchup = None
+        header = self.store.header(self.tip.height) if self.tip.height else b""
+        certificate = self.store.certificate(self.tip.height) if self.tip.height else None
+        self.feed(ev.Synced(self.tip.height, self.tip.hash, header, certificate))
+        self._report_work(self.clock(), force=True)
 
     def _peer_name(self, key: bytes) -> str:
         return self.validator_names.get(key, key.hex()[:16])
@@ -587,16 +593,21 @@ class Node:
         if self.replica.view != self._last_view:
             self._last_view = self.replica.view
             self._stall_reference_height = self.tip.height
+        self._report_work(now)
+        self.feed(ev.Tick())
+        self._tick_catchup(now)
+
+    def _report_work(self, now: int, force: bool = False) -> None:
+        """Tell the replica whether there is work (pending txs or a due expiry) and whether
+        a transaction has been left behind by blocks that had room for it (censorship)."""
         next_expiry = self.state.next_expiry()
         has_work = len(self.mempool) > 0 or (next_expiry is not None and next_expiry <= now)
         oldest = self.mempool.oldest_arrival_height()
         stalled = (oldest is not None and not self._last_block_full
                    and self.tip.height - max(oldest, self._stall_reference_height) >= STALL_BLOCKS)
-        if (has_work, stalled) != self._work_reported:
+        if force or (has_work, stalled) != self._work_reported:
             self._work_reported = (has_work, stalled)
             self.feed(ev.WorkChanged(has_work, stalled))
-        self.feed(ev.Tick())
-        self._tick_catchup(now)
 
     def _tick_catchup(self, now: int) -> None:
         if now - self._last_tip_announce_ms >= TIP_ANNOUNCE_MS:

@@ -66,6 +66,7 @@ class Store(Protocol):
     def wal_write(self, items: list[tuple[bytes, bytes]]) -> None: ...
     def wal_items(self) -> list[tuple[bytes, bytes]]: ...
     def wal_delete(self, keys: list[bytes]) -> None: ...
+    def wal_delete_below(self, bound: bytes) -> None: ...
     def close(self) -> None: ...
 
 
@@ -172,3 +173,9 @@ class LevelDBStore:
         with self._db.write_batch(transaction=True, sync=True) as batch:
             for key in keys:
                 batch.delete(WAL + key)
+
+    def wal_delete_below(self, bound: bytes) -> None:
+        """Delete every WAL record whose key sorts below `bound`."""
+        with self._db.write_batch(transaction=True, sync=True) as batch:
+            for key in self._db.iterator(start=WAL, stop=WAL + bound, include_value=False):
+                batch.delete(key)

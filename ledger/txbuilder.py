@@ -177,3 +177,27 @@ def build_body(tx_type: str, words: list[str], now_ms: int) -> dict:
         elif kind == "currency-hint":
             pass  # only tells how to read amount= (lc.amend carries no currency)
     return body
+
+
+def describe(tx_type: str, body: dict, currency_hint: str | None = None) -> str:
+    """A readable one-field-per-line rendering of a body: major units, dates, short hex."""
+    currency = body.get("currency", currency_hint)
+
+    def render(name: str, value) -> str:
+        if name == "amount" and type(value) is int and currency:
+            return format_amount(value, currency)
+        if name == "expires" and type(value) is int:
+            return format_time(value)
+        if isinstance(value, bytes):
+            return value.hex()
+        if name == "legs":
+            return "; ".join(f"{leg['from']} -> {leg['to']} {format_amount(leg['amount'], leg['currency'])}"
+                             for leg in value)
+        if name == "documents" and value and isinstance(value[0], dict):
+            return ", ".join(f"{d['type']}:{d['hash'].hex()[:16]}..." for d in value)
+        return str(value)
+
+    lines = [tx_type]
+    for name in sorted(body):
+        lines.append(f"  {name:<14} {render(name, body[name])}")
+    return "\n".join(lines)
