@@ -1331,7 +1331,14 @@ class Replica:
         ):
             self._start_view_change(self._vc_target + 1, "view_change_timeout")
             return
-        if self._now - self._retransmit_at >= self._config.retransmit_ticks and self._own_view_change_wire:
+        # Resend our VIEW-CHANGE in case it was lost, but only while there is work: a
+        # replica alone in a view change it no longer needs stays quiet. The interval
+        # grows like the timeouts so a lone replica does not flood its peers.
+        if (
+            self._own_view_change_wire is not None
+            and (self._has_work or self._stalled)
+            and self._now - self._retransmit_at >= self._timeout(self._config.retransmit_ticks)
+        ):
             self._retransmit_at = self._now
             self._broadcast(self._own_view_change_wire)
             self._count("retransmits")

@@ -40,7 +40,8 @@ at the first failing block, because every later block is judged against it):
 After the walk (offline only): block_records (a record under a block prefix whose key
 is not a height), genesis_record, tip_record, state_record (missing, extra, altered or
 undecodable, by key), tx_index (missing, extra, wrong location or undecodable, by tx
-id) and unknown_record (a key under no prefix this node writes). The consensus
+id) and unknown_record (a key under no prefix this node writes); store_read reports a
+record LevelDB itself cannot read (a damaged table file). The consensus
 write-ahead records (prefix b"w") are the replica's own votes and view state, not chain
 data: they are counted and reported as not covered.
 
@@ -61,6 +62,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
+import plyvel
+
 from ledger import block as blockmod
 from ledger import codec, crypto
 from ledger import store as storemod
@@ -78,7 +81,7 @@ BLOCK_CHECKS = (
 )
 RPC_CHECKS = ("rpc_block",)  # the node's JSON answer agrees with the bytes it carries
 RECORD_CHECKS = ("block_records", "tip_record", "state_record", "tx_index", "unknown_record")
-STORE_CHECKS = ("genesis_record",) + RECORD_CHECKS
+STORE_CHECKS = ("genesis_record",) + RECORD_CHECKS + ("store_read",)
 
 FINDINGS_KEPT_MAX = 200  # a store with a broken state can differ in every record; keep the report readable
 VERIFY_CHUNK_TXS = 250
@@ -508,8 +511,8 @@ def _decode_store_block(height: int, header: bytes | None, body: bytes | None, c
     try:
         certificate = codec.decode(cert)
     except codec.CodecError as exc:
-        raise CheckFailed("certificate_decode", f"the certificate record is not canonical msgpack: {exc.message}") \
-            from None
+        message = f"the certificate record is not canonical msgpack: {exc.message}"
+        raise CheckFailed("certificate_decode", message) from None
     try:
         value = codec.decode(body)
     except codec.CodecError as exc:
@@ -547,8 +550,8 @@ def _open_store(data_dir: str) -> storemod.LevelDBStore:
     try:
         return storemod.LevelDBStore(data_dir, create=False)
     except storemod.StoreError as exc:
-        raise AuditUnavailable(f"{exc} (a running node holds the store's lock: stop it first, or audit it online "
-                               f"with --rpc URL --genesis FILE)") from None
+        raise AuditUnavailable(f"{exc} (if a node is running on this store it holds the lock: stop it first, or "
+                               f"audit it online with --rpc URL --genesis FILE)") from None
 
 
 def audit_store(home: str, progress: ProgressFn | None = None, verify_workers: int | None = None) -> AuditReport:
@@ -565,6 +568,11 @@ def audit_store(home: str, progress: ProgressFn | None = None, verify_workers: i
                          checks=BLOCK_CHECKS + STORE_CHECKS)
     try:
         _StoreAudit(store, genesis, ChainChecker(genesis, verifier), report).run(progress)
+    except plyvel.Error as exc:
+        # A damaged table file (LevelDB's own checksums or compression): an altered record, so exit 1.
+        reason = exc.args[0].decode(errors="replace") if exc.args and type(exc.args[0]) is bytes else str(exc)
+        report.add(Finding("store_read", f"LevelDB cannot read the store after block {report.height}: {reason}"))
+        report.skipped.append("every check after the unreadable record")
     finally:
         verifier.close()
         store.close()

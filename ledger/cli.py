@@ -94,7 +94,19 @@ def cmd_node(args) -> int:
             return 1
         return 0
 
-    return asyncio.run(run())
+    profile_dir = os.environ.get("LEDGER_PROFILE_DIR")
+    if not profile_dir:
+        return asyncio.run(run())
+    # Developer aid: profile the whole node run (cProfile), one file per node.
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        return asyncio.run(run())
+    finally:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(profile_dir, os.path.basename(os.path.normpath(args.home)) + ".prof"))
 
 
 # ---------------------------------------------------------------------- devnet

@@ -52,37 +52,58 @@ def encode(value) -> bytes:
     return msgpack.packb(_canonical(value), use_bin_type=True)
 
 
-def _reject_key_types(pairs):
-    # Keys must be str; anything else (bytes, int, nested containers) is not canonical.
-    # Duplicates and order are caught by the re-encoding comparison in `decode`.
-    for key, _ in pairs:
-        if type(key) is not str:
-            raise CodecError("non_canonical", "map key is not a str")
-    return dict(pairs)
+def _check_canonical_shape(value) -> None:
+    """Raise CodecError unless every map has str keys in strictly ascending order and no
+    value is of a forbidden type. Shortest forms are checked by re-encoding in `decode`."""
+    kind = type(value)
+    if kind is dict:
+        previous = None
+        for key, item in value.items():
+            if type(key) is not str:
+                raise CodecError("non_canonical", "map key is not a str")
+            if previous is not None and key <= previous:
+                raise CodecError("non_canonical", "map keys are not sorted ascending")
+            previous = key
+            if type(item) in _CONTAINERS:
+                _check_canonical_shape(item)
+            elif type(item) not in _SCALARS:
+                raise CodecError("non_canonical", f"type {type(item).__name__} is not allowed")
+    elif kind is list:
+        for item in value:
+            if type(item) in _CONTAINERS:
+                _check_canonical_shape(item)
+            elif type(item) not in _SCALARS:
+                raise CodecError("non_canonical", f"type {type(item).__name__} is not allowed")
+    elif kind not in _SCALARS:
+        raise CodecError("non_canonical", f"type {kind.__name__} is not allowed")
+
+
+_CONTAINERS = (dict, list)
+_SCALARS = (str, bytes, int, bool, type(None))
 
 
 def decode(data: bytes):
-    """Decode one canonical msgpack value; raise CodecError(bad_encoding | non_canonical)."""
+    """Decode one canonical msgpack value; raise CodecError(bad_encoding | non_canonical).
+
+    The value's shape is checked in place (str keys, ascending, allowed types), then the
+    value is re-encoded as it stands: equal bytes prove that every item used its
+    shortest form and no key was repeated (a repeated key collapses in the dict).
+    """
     try:
-        value = msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=False,
-            object_pairs_hook=_reject_key_types,
-            timestamp=0,
-        )
-    except CodecError:
-        raise
+        value = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False, timestamp=0)
     except msgpack.ExtraData:
         raise CodecError("non_canonical", "bytes follow the msgpack value") from None
-    except (ValueError, msgpack.UnpackException, RecursionError, TypeError) as exc:
+    except TypeError:
+        # An unhashable map key (an array or map used as a key): complete, but not canonical.
+        raise CodecError("non_canonical", "map key is not a str") from None
+    except (ValueError, msgpack.UnpackException, RecursionError) as exc:
         # Truncated input, an unknown type byte, invalid UTF-8, too deep a nesting.
         raise CodecError("bad_encoding", f"not a complete msgpack value: {exc}") from None
+    _check_canonical_shape(value)
     try:
-        canonical = encode(value)
-    except TypeError as exc:
+        again = msgpack.packb(value, use_bin_type=True)
+    except (OverflowError, ValueError) as exc:
         raise CodecError("non_canonical", str(exc)) from None
-    if canonical != data:
-        raise CodecError("non_canonical", "not the canonical encoding (key order, duplicate keys or a longer form)")
+    if again != data:
+        raise CodecError("non_canonical", "not the canonical encoding (a longer form or a repeated key)")
     return value

@@ -30,6 +30,9 @@ class Mempool:
         # No single signer (keyed by a transaction's first signer) may hold more than this.
         self.per_signer_max = max(1, int(capacity_txs * signer_share))
         self._entries: dict[bytes, PoolEntry] = {}
+        # Envelope bytes -> verified tx: a block carrying exactly these bytes needs no
+        # second parse or signature check.
+        self._by_raw: dict[bytes, SignedTx] = {}
         self._per_signer: dict[bytes, int] = defaultdict(int)
         # (expires, tx_id) min-heap, so expiring costs O(expired), not O(pool).
         self._expiry_heap: list[tuple[int, bytes]] = []
@@ -40,6 +43,14 @@ class Mempool:
 
     def __contains__(self, tx_id: bytes) -> bool:
         return tx_id in self._entries
+
+    def verified(self, raw: bytes) -> SignedTx | None:
+        """The pooled (already verified) transaction with exactly these envelope bytes."""
+        return self._by_raw.get(raw)
+
+    def raw_envelopes(self) -> list[bytes]:
+        """Every pending envelope, oldest first."""
+        return [entry.tx.raw for entry in self._entries.values()]
 
     def get(self, tx_id: bytes) -> SignedTx | None:
         entry = self._entries.get(tx_id)
@@ -55,6 +66,7 @@ class Mempool:
         if self._per_signer[signer] >= self.per_signer_max:
             raise TxError("mempool_full", "this signer holds its full share of the mempool; retry later")
         self._entries[stx.tx_id] = PoolEntry(stx, committed_height)
+        self._by_raw[stx.raw] = stx
         self._per_signer[signer] += 1
         self.size_bytes += len(stx.raw)
         heapq.heappush(self._expiry_heap, (stx.expires, stx.tx_id))
@@ -63,6 +75,7 @@ class Mempool:
         entry = self._entries.pop(tx_id, None)
         if entry is None:
             return
+        del self._by_raw[entry.tx.raw]
         signer = entry.tx.signers[0]
         self._per_signer[signer] -= 1
         if not self._per_signer[signer]:

@@ -41,12 +41,15 @@ log = logging.getLogger("ledger.node")
 
 TICK_MS = 50
 GOSSIP_FLUSH_TXS = 2000
-REGOSSIP_AFTER_MS = 2000
 FETCH_BLOCKS_MAX = 64
 FETCH_BYTES_MAX = 24 * 1024 * 1024
 FETCH_TIMEOUT_MS = 3000
 TIP_ANNOUNCE_MS = 1000
 STALL_BLOCKS = 5
+# A primary proposes at most this many txs per block (below genesis max_block_txs): a
+# block's validation runs on the event loop, and smaller blocks keep RPC and gossip
+# responsive and latency low while still amortising each consensus round.
+PROPOSAL_TXS_MAX = 3000
 PEER_MESSAGE_MAX = 64 * 1024 * 1024
 
 
@@ -120,7 +123,7 @@ class Node:
         self._draining = False
         self._gossip_out: list[bytes] = []
         self._arrival_ms: dict[bytes, int] = {}
-        self._last_regossip_ms = 0
+        self._linked_peers: set[bytes] = set()
         self._stall_reference_height = self.tip.height
         self._last_view = self.replica.view
         self._last_block_full = False
@@ -287,17 +290,12 @@ class Node:
             return
         ctx = self.chain_context()
         block_time = max(self.clock(), ctx.tip_time + 1)
-        txs = self.mempool.select(block_time, ctx.max_block_txs, ctx.max_block_bytes)
-        txs = [t for t in txs if self.store.tx_location(t.tx_id) is None]
+        txs = self.mempool.select(block_time, min(ctx.max_block_txs, PROPOSAL_TXS_MAX), ctx.max_block_bytes)
         checked = build_block(ctx, self.state, txs, time_ms=block_time, view=action.view, proposer=self.key.public_key)
         self._checked[checked.block_hash] = checked
         self.stats.counters["blocks_proposed"] += 1
         self.feed(ev.ProposalBuilt(action.height, action.view, checked.header_bytes,
                                    blockmod.encode_payload([t.raw for t in txs])))
-
-    def _known_valid(self, stx: SignedTx) -> bool:
-        pooled = self.mempool.get(stx.tx_id)
-        return pooled is not None and pooled.raw == stx.raw
 
     def _validate(self, header: bytes, payload: bytes, fresh: bool) -> CheckedBlock:
         digest = blockmod.block_hash(header)
@@ -306,7 +304,7 @@ class Node:
             return cached
         checked = check_block(self.chain_context(), self.state, header, payload,
                               is_committed=lambda tx_id: self.store.tx_location(tx_id) is not None,
-                              known_valid=self._known_valid, now_ms=self.clock() if fresh else None)
+                              verified=self.mempool.verified, now_ms=self.clock() if fresh else None)
         self._checked[digest] = checked
         return checked
 
@@ -507,6 +505,8 @@ class Node:
             if type(raw) is not bytes:
                 self.stats.counters["gossip_invalid"] += 1
                 continue
+            if self.mempool.verified(raw) is not None:
+                continue  # these exact bytes are pooled already: no parse, no signature check
             try:
                 stx = parse_signed(raw)
             except TxError:
@@ -534,20 +534,26 @@ class Node:
             batch, self._gossip_out = self._gossip_out[:GOSSIP_FLUSH_TXS], self._gossip_out[GOSSIP_FLUSH_TXS:]
             self.p2p.broadcast(codec.encode(["g", batch]))
 
-    def _regossip(self, now: int) -> None:
-        """Send again what has waited long: a peer that was down missed the first gossip."""
-        if now - self._last_regossip_ms < REGOSSIP_AFTER_MS:
+    def _gossip_to_new_links(self) -> None:
+        """A peer whose link just came up (or came back) missed what was gossiped while it
+        was away: send it every pending transaction once, in batches."""
+        connected = set(self.p2p.connected())
+        fresh = connected - self._linked_peers
+        self._linked_peers = connected
+        if not fresh or not len(self.mempool):
             return
-        self._last_regossip_ms = now
-        old = [stx.raw for stx in self.mempool.select(now, GOSSIP_FLUSH_TXS, 8 * 1024 * 1024)
-               if now - self._arrival_ms.get(stx.tx_id, now) >= REGOSSIP_AFTER_MS]
-        if old:
-            self.stats.counters["regossiped"] += len(old)
-            self.p2p.broadcast(codec.encode(["g", old]))
+        raws = self.mempool.raw_envelopes()
+        for peer in sorted(fresh):
+            for start in range(0, len(raws), GOSSIP_FLUSH_TXS):
+                self.p2p.send(peer, codec.encode(["g", raws[start:start + GOSSIP_FLUSH_TXS]]))
+            self.stats.counters["regossiped"] += len(raws)
 
     # ------------------------------------------------------------------ submissions (RPC)
     def submit(self, raw: bytes) -> SignedTx:
         """Every submission check in the contract's order; raises TxError. Admits and gossips."""
+        if self.mempool.verified(raw) is not None:
+            # Byte-identical to a pooled, verified tx: every earlier check passed already.
+            raise TxError("duplicate", "transaction is already pending")
         stx = parse_signed(raw)
         now = self.clock()
         check_chain_and_expiry(stx, self.chain_id, now)
@@ -589,7 +595,7 @@ class Node:
         for tx_id in self.mempool.expire(now):
             self._arrival_ms.pop(tx_id, None)
         self._flush_gossip()
-        self._regossip(now)
+        self._gossip_to_new_links()
         if self.replica.view != self._last_view:
             self._last_view = self.replica.view
             self._stall_reference_height = self.tip.height

@@ -60,6 +60,17 @@ def _is_uint64(value) -> bool:
     return type(value) is int and 0 <= value <= UINT64_MAX
 
 
+def _tx_offset(signature_count: int) -> int:
+    """Where canonical(tx) starts inside a canonical envelope.
+
+    Keys sort "sigs" < "tx", so the envelope is: map header (1 byte), "sigs" (5), the
+    array header (1 byte below 16 entries, else 3), 66 bytes per signature (bin8 header
+    + 64), "tx" (3), then exactly canonical(tx): the tx id hashes that slice without
+    re-encoding it.
+    """
+    return 1 + 5 + (1 if signature_count < 16 else 3) + 66 * signature_count + 3
+
+
 def parse_signed(raw: bytes) -> SignedTx:
     """Size, decoding, canonical form and envelope shape; raises TxError."""
     if len(raw) > MAX_SIGNED_BYTES:
@@ -96,8 +107,7 @@ def parse_signed(raw: bytes) -> SignedTx:
     for sig in sigs:
         if type(sig) is not bytes or len(sig) != 64:
             raise TxError("invalid_tx", "every signature is 64 bytes")
-    # The tx map sits canonically inside the canonical envelope; re-encoding it is the tx id.
-    tx_id = codec.sha256(codec.encode(tx))
+    tx_id = codec.sha256(raw[_tx_offset(len(sigs)):])
     return SignedTx(
         raw=raw,
         tx_id=tx_id,

@@ -61,7 +61,7 @@ def build_block(ctx: ChainContext, state: LedgerState, txs: list[SignedTx], *, t
 
 
 def check_block(ctx: ChainContext, state: LedgerState, header_bytes: bytes, payload: bytes, *,
-                is_committed: Callable[[bytes], bool], known_valid: Callable[[SignedTx], bool],
+                is_committed: Callable[[bytes], bool], verified: Callable[[bytes], SignedTx | None],
                 now_ms: int | None) -> CheckedBlock:
     """Every section-4 rule; `now_ms` is given only for a fresh proposal (clock bounds)."""
     try:
@@ -95,18 +95,22 @@ def check_block(ctx: ChainContext, state: LedgerState, header_bytes: bytes, payl
     txs = []
     seen: set[bytes] = set()
     for index, raw in enumerate(raws):
-        try:
-            stx = parse_signed(raw)
-        except TxError as exc:
-            raise BlockInvalid(f"tx {index}: {exc.code}: {exc.message}") from None
+        stx = verified(raw)
+        needs_signature_check = stx is None
+        if stx is None:
+            try:
+                stx = parse_signed(raw)
+            except TxError as exc:
+                raise BlockInvalid(f"tx {index}: {exc.code}: {exc.message}") from None
         if stx.chain != ctx.chain_id:
             raise BlockInvalid(f"tx {index} is for another chain")
         if not expiry_fits_block(stx, header.time):
             raise BlockInvalid(f"tx {index} is outside its expiry window")
-        if stx.tx_id in seen or is_committed(stx.tx_id):
+        # A pooled tx is never committed (the pool drops it at commit): only others hit the index.
+        if stx.tx_id in seen or (needs_signature_check and is_committed(stx.tx_id)):
             raise BlockInvalid(f"tx {index} was committed before or repeats in the block")
         seen.add(stx.tx_id)
-        if not known_valid(stx) and not signatures_valid(stx):
+        if needs_signature_check and not signatures_valid(stx):
             raise BlockInvalid(f"tx {index} has an invalid signature")
         txs.append(stx)
     outcome = execute_block(state, header.height, header.time, txs)

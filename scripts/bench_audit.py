@@ -28,7 +28,8 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=51, help="block 1 is the setup block; the rest hold transfers")
     parser.add_argument("--txs-per-block", type=int, default=2000)
     parser.add_argument("--validators", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=None, help="signature-verifying processes (0: inline; default: one per core)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="signature-verifying processes (0: inline; default: one per core)")
     parser.add_argument("--rounds", type=int, default=3, help="audit the chain this many times")
     parser.add_argument("--keep", metavar="DIR", help="build the chain in DIR (must not exist) and keep it")
     args = parser.parse_args()

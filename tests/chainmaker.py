@@ -111,7 +111,8 @@ def _setup_txs(chain: Chain, signer: _Signer, time_ms: int) -> list[SignedTx]:
     key = chain.account_keys
     txs.append(signer.tx("issue", {"account": b, "currency": "EUR", "amount": ISSUED_AMOUNT}, [admin[eur_issuer]],
                          time_ms))
-    legs = [{"from": a, "to": b, "currency": "USD", "amount": 1_000}, {"from": b, "to": a, "currency": "EUR", "amount": 900}]
+    legs = [{"from": a, "to": b, "currency": "USD", "amount": 1_000},
+            {"from": b, "to": a, "currency": "EUR", "amount": 900}]
     txs.append(signer.tx("pvp", {"legs": legs, "ref": "fx-1"}, [key[a], key[b]], time_ms))
     far = time_ms + SETUP_HOLD_EXPIRES_MS
     holds = [("hold-settle", c, d, 500, far), ("hold-cancel", d, c, 200, far),

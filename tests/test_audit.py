@@ -521,6 +521,18 @@ def test_block_record_with_a_malformed_key(home):
     expect(home, "block_records", TIP)
 
 
+def test_damaged_table_file_exits_1(home, capsys):
+    with opened(home) as db:
+        db.compact_range()  # everything into table files
+    data = os.path.join(home, "data")
+    table = max((os.path.join(data, n) for n in os.listdir(data) if n.endswith(".ldb")), key=os.path.getsize)
+    with open(table, "r+b") as handle:
+        handle.seek(os.path.getsize(table) // 4)
+        handle.write(b"\xff" * 64)
+    code, out = run_cli(capsys, "--home", home)
+    assert code == 1 and "NOT INTACT" in out
+
+
 # ---------------------------------------------------------------------- exit 2: nothing to open
 def test_missing_home_exits_2(tmp_path, capsys):
     code, out = run_cli(capsys, "--home", str(tmp_path / "nowhere"))

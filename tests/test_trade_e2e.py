@@ -79,11 +79,18 @@ class Snapshots:
             self.importer[step.key] = get(self.net, DEMO_NODE, f"/v1/accounts/{run.account('importer')}")
 
 
+def node_logs(net: Network) -> str:
+    return "\n".join(f"--- node{i} log (tail) ---\n{net.log(i)[-2000:]}" for i in range(net.validators))
+
+
 def test_trade_finance_lifecycle_on_four_nodes(net):
     lines: list[str] = []
     snapshots = Snapshots(net)
-    run = demo_trade.run_demo(net.rpc(DEMO_NODE), net.directory, run_id="e2e1", out=lines.append,
-                              after_step=snapshots)
+    try:
+        run = demo_trade.run_demo(net.rpc(DEMO_NODE), net.directory, run_id="e2e1", out=lines.append,
+                                  after_step=snapshots)
+    except demo_trade.StepFailed as exc:
+        pytest.fail(f"{exc}\n" + "\n".join(lines[-8:]) + "\n" + node_logs(net))
     output = "\n".join(lines)
     importer, exporter = run.account("importer"), run.account("exporter")
     fxdesk, carrier = run.account("fxdesk"), run.account("carrier")
@@ -180,7 +187,7 @@ def test_trade_finance_lifecycle_on_four_nodes(net):
     # The command line, again on the same network through another node: fresh ids, exit 0.
     second = subprocess.run([sys.executable, DEMO_PATH, "--dir", net.directory, "--rpc", net.rpc(2)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr + node_logs(net)
     assert "19 steps, all ok" in second.stdout
     assert "money check EUR: accounts hold 1,500,000.00 EUR, issued - redeemed = 1,500,000.00 EUR: ok" \
         in second.stdout

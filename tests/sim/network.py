@@ -1,7 +1,8 @@
 """The simulated network: seeded delay, loss, duplication, reordering and partitions.
 
 Messages travel between node indices. Before GST the fault plan applies; `heal()` ends
-every network fault (delay and reordering remain, bounded). A scripted test can add a
+loss and partitions. Delay, reordering and duplication stay (they are not faults a
+correct protocol needs to wait out). A scripted test can add a
 `message_filter(source, target, data) -> bool` that drops what it returns False for.
 """
 from __future__ import annotations
@@ -29,7 +30,6 @@ class Network:
 
     def heal(self) -> None:
         self.drop_probability = 0.0
-        self.duplicate_probability = 0.0
         self.partition = None
 
     def separated(self, source: int, target: int) -> bool:

@@ -503,6 +503,36 @@ class Simulation:
         if node.alive:
             self._update_work(node, force=True)
 
+    # -- scripted control (test_scenarios) ----------------------------------------------
+
+    def run_until(self, predicate, ticks_max: int, what: str = "condition") -> int:
+        """Step until predicate(self) holds; return the ticks it took."""
+        start = self.now
+        while not predicate(self):
+            if self.now - start >= ticks_max:
+                heights = {node.name: node.ledger.height for node in self.nodes}
+                views = {node.name: node.replica.view for node in self.nodes if node.alive}
+                raise InvariantViolation(f"{what} not reached in {ticks_max} ticks: heights {heights} views {views}")
+            self.step_tick()
+        return self.now - start
+
+    def run_ticks(self, ticks: int) -> None:
+        for _ in range(ticks):
+            self.step_tick()
+
+    def crash(self, index: int) -> None:
+        self._crash(self.nodes[index])
+
+    def restart(self, index: int) -> None:
+        self._boot(self.nodes[index])
+
+    def set_goal(self, goal: int) -> None:
+        """Work (pending txs) exists on every node until its chain reaches `goal`."""
+        self.goal = goal
+        for node in self.nodes:
+            if node.alive:
+                self._update_work(node)
+
     # -- results -----------------------------------------------------------------------
 
     def result(self) -> SimResult:
