@@ -567,7 +567,7 @@ def audit_store(home: str, progress: ProgressFn | None = None, verify_workers: i
     report = AuditReport(source="store", target=config.data_dir, chain_id=genesis["chain_id"],
                          checks=BLOCK_CHECKS + STORE_CHECKS)
     try:
-        _StoreAudit(store, genesis, ChainChecker(genesis, verifier), report).run(progress)
+        _StoreAudit(store, ChainChecker(genesis, verifier), report).run(progress)
     except plyvel.Error as exc:
         # A damaged table file (LevelDB's own checksums or compression): an altered record, so exit 1.
         reason = exc.args[0].decode(errors="replace") if exc.args and type(exc.args[0]) is bytes else str(exc)
@@ -583,8 +583,8 @@ def audit_store(home: str, progress: ProgressFn | None = None, verify_workers: i
 class _StoreAudit:
     """The offline audit of one store: the chain walk, then every derived record."""
 
-    def __init__(self, store: storemod.LevelDBStore, genesis: dict, checker: ChainChecker, report: AuditReport):
-        self.store, self.genesis, self.checker, self.report = store, genesis, checker, report
+    def __init__(self, store: storemod.LevelDBStore, checker: ChainChecker, report: AuditReport):
+        self.store, self.checker, self.report = store, checker, report
         self.meta = {key: value for key, value in store.raw_items(storemod.META)}
 
     def run(self, progress: ProgressFn | None) -> None:

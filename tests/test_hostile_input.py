@@ -1,0 +1,113 @@
+"""Hostile input against a real node: random and malformed requests never get a 5xx,
+never crash or stall the node, and garbage from a peer is dropped and counted."""
+import http.client as httpclient
+import json
+import os
+import random
+import socket
+import time
+
+import msgpack
+import pytest
+
+from tests.contract_client import Key, canonical, http, sign_tx
+from tests.netutil import Network
+
+pytestmark = pytest.mark.slow
+
+PATHS = ["/v1/txs", "/v1/txs/batch", "/v1/txs/{hex}", "/v1/txs/{hex}/proof", "/v1/blocks/{n}", "/v1/blocks/latest",
+         "/v1/accounts/{s}", "/v1/holds/{s}", "/v1/lcs/{s}", "/v1/docs/{hex}", "/v1/members", "/v1/genesis",
+         "/v1/status", "/metrics", "/v1/{s}", "/{s}"]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    network = Network(str(tmp_path_factory.mktemp("hostile") / "net"), validators=1)
+    network.start(0)
+    network.wait_rpc(0)
+    try:
+        yield network
+    finally:
+        network.stop_all()
+
+
+def random_body(rng: random.Random) -> bytes:
+    choice = rng.randrange(8)
+    if choice == 0:
+        return os.urandom(rng.randrange(0, 2000))
+    if choice == 1:
+        return json.dumps({"tx": os.urandom(rng.randrange(0, 300)).hex()}).encode()
+    if choice == 2:
+        return json.dumps({"txs": [os.urandom(rng.randrange(0, 100)).hex() for _ in range(rng.randrange(0, 20))]}).encode()
+    if choice == 3:
+        return msgpack.packb([os.urandom(rng.randrange(0, 200)) for _ in range(rng.randrange(0, 20))])
+    if choice == 4:  # a structurally plausible envelope with random field types
+        value = {"tx": {"chain": rng.choice(["test-chain", 1, None]), "type": rng.choice(["transfer", "pvp", 5]),
+                        "nonce": rng.choice([0, -1, 2**64 - 1, "x"]), "expires": rng.choice([0, 2**63, None]),
+                        "signers": rng.choice([[], [os.urandom(32)], [b"x"], "k"]),
+                        "body": rng.choice([{}, {"amount": -5}, [], {"from": {"nested": [1, 2]}}])},
+                 "sigs": rng.choice([[], [os.urandom(64)], [1]])}
+        return canonical(value)
+    if choice == 5:
+        return b"[" * rng.randrange(1, 5000)  # deep nesting in JSON
+    if choice == 6:
+        return b"\x91" * rng.randrange(1, 5000)  # deep nesting in msgpack
+    return b'{"tx": "' + b"0" * rng.randrange(0, 1000) + b'"}'
+
+
+def test_random_requests_never_get_5xx(node):
+    rng = random.Random(1234)
+    port = node.base_port
+    for i in range(600):
+        path = rng.choice(PATHS).format(hex=os.urandom(32).hex() if rng.random() < 0.7 else "zz" * rng.randrange(0, 40),
+                                        n=rng.choice(["0", "1", "-5", "99999999999999999999999", "abc", "1e3"]),
+                                        s=rng.choice(["a", "%00", "..", "x" * 70, "%C3%A9", "%FF%FE", "BANK0:x", "%2F"]))
+        method = rng.choice(["GET", "POST", "PUT", "DELETE", "PATCH"])
+        body = random_body(rng) if method in ("POST", "PUT", "PATCH") else None
+        content_type = rng.choice(["application/json", "application/msgpack", "text/plain", "application/x-msgpack"])
+        query = rng.choice(["", "?wait=commit&timeout=0", "?wait=commit&timeout=abc", "?txs=1", "?timeout=-1&wait=commit"])
+        conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=15)
+        try:
+            conn.request(method, path + query, body=body, headers={"Content-Type": content_type})
+            response = conn.getresponse()
+            payload = response.read()
+        finally:
+            conn.close()
+        assert response.status < 500, (method, path, query, response.status, payload[:300])
+        if response.status >= 400:
+            error = json.loads(payload)["error"]
+            assert error["code"] and error["message"]
+    status, answer = http("GET", f"{node.rpc(0)}/v1/status")
+    assert status == 200  # still up and answering
+
+
+def test_oversize_and_slow_bodies_are_refused_without_reading(node):
+    port = node.base_port
+    # A Content-Length beyond the limit is refused from the header alone.
+    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=15)
+    conn.putrequest("POST", "/v1/txs")
+    conn.putheader("Content-Type", "application/msgpack")
+    conn.putheader("Content-Length", str(10**9))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "too_large"
+    conn.close()
+    # A chunked body that grows past the limit is cut off at the limit.
+    conn = httpclient.HTTPConnection("127.0.0.1", port, timeout=15)
+    chunks = (b"\x00" * 65536 for _ in range(10))
+    conn.request("POST", "/v1/txs", body=chunks, headers={"Content-Type": "application/msgpack"}, encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 413
+    conn.close()
+    # A half-sent request from a client that goes away leaves the node fine.
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /v1/txs HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"\x00" * 10)
+    assert http("GET", f"{node.rpc(0)}/v1/status")[0] == 200
+
+
+def test_node_keeps_working_after_hostile_input(node):
+    bank = Key.from_file(os.path.join(node.directory, "keys", "BANK0.json"))
+    raw, _ = sign_tx("test-chain", "account.open", {"id": "BANK0:after", "owner": "BANK0", "key": bank.public}, [bank],
+                     int(time.time()), int(time.time() * 1000) + 60_000)
+    status, answer = http("POST", f"{node.rpc(0)}/v1/txs?wait=commit", raw, "application/msgpack")
+    assert status == 200 and answer["result"]["code"] == "ok"
