@@ -31,6 +31,7 @@ WAIT_TIMEOUT_MAX_S = 60.0
 EVENT_QUEUE_MAX = 1024
 _HEX32 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_METRIC_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 
 _STATUS_OF = {
     "too_large": 413, "duplicate": 409, "mempool_full": 429, "invalid_body": 422,
@@ -351,6 +352,7 @@ class RpcServer:
         lines = []
 
         def gauge(name: str, value, help_text: str, kind: str = "gauge") -> None:
+            name = _METRIC_UNSAFE.sub("_", name)
             lines.extend([f"# HELP ledger_{name} {help_text}", f"# TYPE ledger_{name} {kind}", f"ledger_{name} {value}"])
 
         gauge("height", node.tip.height, "Committed height.")
