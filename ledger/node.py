@@ -579,6 +579,13 @@ class Node:
         self._waiters.setdefault(tx_id, []).append(future)
         return future
 
+    def stop_waiting(self, tx_id: bytes, future: asyncio.Future) -> None:
+        futures = self._waiters.get(tx_id)
+        if futures and future in futures:
+            futures.remove(future)
+            if not futures:
+                del self._waiters[tx_id]
+
     def commit_record(self, tx_id: bytes) -> CommitRecord | None:
         location = self.store.tx_location(tx_id)
         if location is None:
@@ -594,6 +601,8 @@ class Node:
         now = self.clock()
         for tx_id in self.mempool.expire(now):
             self._arrival_ms.pop(tx_id, None)
+            for future in self._waiters.pop(tx_id, ()):
+                future.cancel()  # it expired uncommitted: nobody waits for it any more
         self._flush_gossip()
         self._gossip_to_new_links()
         if self.replica.view != self._last_view:

@@ -159,7 +159,14 @@ class RpcServer:
             future = self.node.wait_for_commit(stx.tx_id)
             try:
                 record = await asyncio.wait_for(asyncio.shield(future), timeout)
+            except asyncio.CancelledError:
+                self.node.stop_waiting(stx.tx_id, future)
+                if not future.cancelled():
+                    raise  # the request itself was cancelled (client gone, shutdown)
+                # The node cancelled the wait: the tx expired from the mempool uncommitted.
+                raise ApiError(404, "unknown_tx", "the transaction expired before it was committed") from None
             except asyncio.TimeoutError:
+                self.node.stop_waiting(stx.tx_id, future)
                 return web.json_response({"tx_id": stx.tx_id.hex(), "status": "pending"}, status=202)
             return web.json_response(self._committed_json(stx.tx_id, record))
         return web.json_response({"tx_id": stx.tx_id.hex(), "status": "pending"}, status=202)

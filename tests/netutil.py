@@ -84,7 +84,7 @@ class Network:
     def wait_connected(self, i: int, timeout: float = 30) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            body = self.wait_rpc(i, timeout)
+            body = self.wait_rpc(i, max(1.0, deadline - time.time()))
             if all(p["connected"] for p in body["peers"]):
                 return
             time.sleep(0.1)
@@ -94,7 +94,7 @@ class Network:
         deadline = time.time() + timeout
         body = {}
         while time.time() < deadline:
-            body = self.wait_rpc(i, timeout)
+            body = self.wait_rpc(i, max(1.0, deadline - time.time()))
             if body["height"] >= height:
                 return body
             time.sleep(0.1)
