@@ -15,6 +15,7 @@ write batch with sync=True, so a crash leaves either the whole block or none of 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
@@ -65,19 +66,30 @@ class Store(Protocol):
     def init_genesis(self, genesis_hash: bytes, state_root: bytes, records: dict[str, object]) -> None: ...
     def wal_write(self, items: list[tuple[bytes, bytes]]) -> None: ...
     def wal_items(self) -> list[tuple[bytes, bytes]]: ...
-    def wal_delete(self, keys: list[bytes]) -> None: ...
     def wal_delete_below(self, bound: bytes) -> None: ...
     def close(self) -> None: ...
+
+
+def _decode_record(raw: bytes, what: str):
+    try:
+        return codec.decode(raw)
+    except codec.CodecError as exc:
+        raise StoreError(f"the stored {what} is undecodable ({exc.message}); run `ledger audit`") from None
 
 
 class LevelDBStore:
     """The node's LevelDB store (see the module docstring for the key layout)."""
 
     def __init__(self, path: str, create: bool = True):
+        # LevelDB writes LOCK and LOG files even when it then refuses a missing store:
+        # look first, so that checking a store never leaves an empty one behind.
+        if not create and not os.path.isfile(os.path.join(path, "CURRENT")):
+            raise StoreError(f"there is no LevelDB store at {path}")
         try:
             self._db = plyvel.DB(path, create_if_missing=create)
         except plyvel.Error as exc:
-            raise StoreError(f"cannot open the LevelDB store at {path}: {exc}") from None
+            reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise StoreError(f"cannot open the LevelDB store at {path}: {reason}") from None
         self.path = path
 
     def close(self) -> None:
@@ -129,8 +141,11 @@ class LevelDBStore:
         raw = self._db.get(height_key(BLOCK, height))
         if header is None or raw is None:
             return None
-        value = codec.decode(raw)
-        return StoredBlock(header=header, txs=value["txs"], tx_ids=value["tx_ids"], results=value["results"])
+        value = _decode_record(raw, f"block body {height}")
+        try:
+            return StoredBlock(header=header, txs=value["txs"], tx_ids=value["tx_ids"], results=value["results"])
+        except (KeyError, TypeError) as exc:
+            raise StoreError(f"the block body at height {height} is malformed ({exc}); run `ledger audit`") from None
 
     def headers(self) -> Iterator[tuple[int, bytes]]:
         """Every stored header in height order."""
@@ -142,19 +157,22 @@ class LevelDBStore:
 
     def certificate(self, height: int) -> dict | None:
         raw = self.raw_certificate(height)
-        return None if raw is None else codec.decode(raw)
+        return None if raw is None else _decode_record(raw, f"certificate {height}")
 
     def tx_location(self, tx_id: bytes) -> tuple[int, int] | None:
         raw = self._db.get(TXINDEX + tx_id)
         if raw is None:
             return None
-        height, index = codec.decode(raw)
+        try:
+            height, index = _decode_record(raw, f"tx index entry {tx_id.hex()}")
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"the tx index entry {tx_id.hex()} is malformed ({exc}); run `ledger audit`") from None
         return height, index
 
     # -- state ----------------------------------------------------------------------
     def state_items(self) -> Iterator[tuple[str, object]]:
         for key, value in self._db.iterator(prefix=STATE):
-            yield key[1:].decode(), codec.decode(value)
+            yield key[1:].decode(errors="replace"), _decode_record(value, f"state record {key[1:]!r}")
 
     def raw_items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every record under a prefix, as stored (for the audit)."""
@@ -168,11 +186,6 @@ class LevelDBStore:
 
     def wal_items(self) -> list[tuple[bytes, bytes]]:
         return [(key[1:], value) for key, value in self._db.iterator(prefix=WAL)]
-
-    def wal_delete(self, keys: list[bytes]) -> None:
-        with self._db.write_batch(transaction=True, sync=True) as batch:
-            for key in keys:
-                batch.delete(WAL + key)
 
     def wal_delete_below(self, bound: bytes) -> None:
         """Delete every WAL record whose key sorts below `bound`."""
