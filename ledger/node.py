@@ -124,6 +124,7 @@ class Node:
         self._gossip_out: list[bytes] = []
         self._arrival_ms: dict[bytes, int] = {}
         self._linked_peers: set[bytes] = set()
+        self._flush_scheduled = False
         self._stall_reference_height = self.tip.height
         self._last_view = self.replica.view
         self._last_block_full = False
@@ -528,6 +529,23 @@ class Node:
                 self.stats.counters["gossip_dropped_full"] += 1
                 continue
             self._arrival_ms.setdefault(stx.tx_id, now)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Gossip and report work once the current burst of admissions is done: everything
+        admitted in one loop iteration (a batch request, a gossip message) leaves in one
+        message, and a primary hears of new work without waiting for the next tick."""
+        if self._flush_scheduled or self._stopping:
+            return
+        self._flush_scheduled = True
+        asyncio.get_running_loop().call_soon(self._flush_admissions)
+
+    def _flush_admissions(self) -> None:
+        self._flush_scheduled = False
+        if self._stopping or self.fatal_error:
+            return
+        self._flush_gossip()
+        self._report_work(self.clock())
 
     def _flush_gossip(self) -> None:
         while self._gossip_out:
@@ -571,6 +589,7 @@ class Node:
         self._gossip_out.append(raw)
         if len(self._gossip_out) >= GOSSIP_FLUSH_TXS:
             self._flush_gossip()
+        self._schedule_flush()
         self.stats.counters["txs_submitted"] += 1
         return stx
 
