@@ -137,3 +137,45 @@ def test_primary_crash_view_change_catch_up(net):
         for i in range(4):
             code, answer = http("GET", f"{net.rpc(i)}/v1/txs/{tx_id}")
             assert code == 200 and (answer["height"], answer["index"]) == place, (i, tx_id, answer)
+
+
+def test_paused_primary_is_replaced_then_rejoins(net):
+    """SIGSTOP the primary (a hung node: its sockets stay open, it answers nothing):
+    the others change view and keep committing; after SIGCONT it catches up and follows."""
+    import signal
+
+    net.start_all()
+    for i in range(4):
+        net.wait_connected(i)
+    bank0 = Key.from_file(os.path.join(net.directory, "keys", "BANK0.json"))
+    nonce = iter(range(1, 10**6))
+
+    def open_account(node: int, name: str) -> dict:
+        raw, _ = sign_tx("test-chain", "account.open", {"id": f"BANK0:{name}", "owner": "BANK0", "key": bank0.public},
+                         [bank0], next(nonce), now_ms() + 600_000)
+        code, answer = http("POST", f"{net.rpc(node)}/v1/txs?wait=commit&timeout=40", raw, "application/msgpack")
+        assert code == 200 and answer["result"]["code"] == "ok", answer
+        return answer
+
+    open_account(1, "before")
+    status = http("GET", f"{net.rpc(1)}/v1/status")[1]
+    primary = [v["public_key"] for v in net.genesis["validators"]].index(status["primary"])
+    others = [i for i in range(4) if i != primary]
+    net.processes[primary].send_signal(signal.SIGSTOP)
+    try:
+        paused_at = time.time()
+        committed = open_account(others[0], "during")
+        print(f"primary node{primary} paused: a new transaction committed after {time.time() - paused_at:.2f} s")
+        for i in others:
+            assert http("GET", f"{net.rpc(i)}/v1/status")[1]["view"] >= 1
+        open_account(others[1], "during2")
+    finally:
+        net.processes[primary].send_signal(signal.SIGCONT)
+    target = max(height_of(net, i) for i in others)
+    net.wait_height(primary, target, timeout=60)
+    # It follows the new view: a transaction submitted to it commits everywhere.
+    answer = open_account(primary, "after")
+    for i in range(4):
+        net.wait_height(i, answer["height"], timeout=30)
+        block = http("GET", f"{net.rpc(i)}/v1/blocks/{committed['height']}")[1]
+        assert block["hash"] == http("GET", f"{net.rpc(others[0])}/v1/blocks/{committed['height']}")[1]["hash"]
