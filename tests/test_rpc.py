@@ -163,3 +163,21 @@ def test_reads_have_contract_shapes(node):
                        "mempool_size", "syncing"}
     with urllib.request.urlopen(f"{rpc}/metrics") as response:
         assert b"ledger_height" in response.read()
+
+
+async def test_events_websocket_sends_each_committed_block(node):
+    import aiohttp
+
+    _, rpc, bank = node
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{rpc}/v1/events") as ws:
+            raw, tx_id = make(bank)
+            async with session.post(f"{rpc}/v1/txs", data=raw, headers={"Content-Type": "application/msgpack"}) as response:
+                assert response.status == 202
+            message = await ws.receive_json(timeout=20)
+            while tx_id not in [t["tx_id"] for t in message["txs"]]:
+                message = await ws.receive_json(timeout=20)
+    assert set(message) == {"height", "hash", "txs"}
+    status, block = http("GET", f"{rpc}/v1/blocks/{message['height']}")
+    assert block["hash"] == message["hash"]
+    assert {"tx_id": tx_id, "code": "ok"} in message["txs"]
