@@ -261,8 +261,11 @@ def _bin_header(length: int) -> bytes:
     return b"\xc6" + length.to_bytes(4, "big")
 
 
-def _pack_envelope(items: list) -> bytes:
-    """Canonical msgpack of a flat list; large bins are joined, not re-packed (one copy)."""
+def envelope_parts(items: list) -> list[bytes]:
+    """The canonical msgpack of a flat list of str/bin/nil, as pieces to join.
+
+    Large bins (payloads) stay as they are; joining the pieces copies them once.
+    """
     count = len(items)
     parts = [bytes([0x90 | count]) if count < 16 else b"\xdc" + count.to_bytes(2, "big")]
     for item in items:
@@ -271,7 +274,11 @@ def _pack_envelope(items: list) -> bytes:
             parts.append(item)
         else:
             parts.append(msgpack.packb(item, use_bin_type=True))
-    return b"".join(parts)
+    return parts
+
+
+def _pack_envelope(items: list) -> bytes:
+    return b"".join(envelope_parts(items))
 
 
 def _canonical_length(item) -> int:

@@ -68,6 +68,7 @@ from consensus.messages import (
     encode_preprepare,
     encode_view_change,
     encode_vote,
+    envelope_parts,
     parse_certificate,
     parse_header,
     parse_prepared,
@@ -398,7 +399,10 @@ class Replica:
             self._drop("from_self")
             return
         if data == self._view_change_wires.get(sender):
-            self._drop("duplicate")  # a retransmitted VIEW-CHANGE: skip decoding it again
+            # A retransmitted VIEW-CHANGE: skip decoding it again, but its sender may
+            # still lack what it needs from us (the help message may have been lost).
+            self._drop("duplicate")
+            self._help_view_change_sender(sender, self._view_changes[sender])
             return
         try:
             message = decode_message(data, self._config.chain_id, self._limits)
@@ -537,6 +541,9 @@ class Replica:
             return
         if not self._admit(preprepare, sender):
             return
+        if preprepare.height < self._view_start_height:
+            self._drop("below_view_start")  # that height was certified before this view began
+            return
         round_ = self._round
         known = round_.preprepares.get(preprepare.view)
         if known is not None:
@@ -641,7 +648,8 @@ class Replica:
         if block.key not in round_.persisted_blocks:
             round_.persisted_blocks.add(block.key)
             key = wal_records.block_key(round_.height, block.block_hash)
-            self._persist(key, codec.encode([block.header, block.payload]))
+            # canonical([header, payload]), built around the payload rather than copying it twice
+            self._emit(Persist(key, wal_records.seal_parts(key, envelope_parts([block.header, block.payload]))))
 
     def _persist_preprepare(self, preprepare: PrePrepare) -> None:
         round_ = self._round
@@ -838,11 +846,15 @@ class Replica:
     # ------------------------------------------------------------------------------
     # View change.
 
-    def _set_view(self, view: int) -> None:
-        """Enter `view` in normal mode (never lower) and persist it before anything is sent in it."""
+    def _set_view(self, view: int, start_height: int) -> None:
+        """Enter `view` in normal mode (never lower) and persist it before anything is sent in it.
+
+        start_height is the first height decided in this view: every lower height was
+        certified before it began, so no PRE-PREPARE of this view below it is ever accepted.
+        """
         if view <= self._view:
             raise AssertionError(f"view may only grow: {self._view} -> {view}")
-        self._persist(wal_records.VIEW_KEY, codec.encode({"view": view}))
+        self._persist(wal_records.VIEW_KEY, codec.encode({"view": view, "start": start_height}))
         self._view = view
         self._mode = NORMAL
         self._vc_target = None
@@ -854,11 +866,38 @@ class Replica:
         self._view_change_wires = {
             sender: wire for sender, wire in self._view_change_wires.items() if sender in self._view_changes
         }
-        self._round.active_senders = set()
+        self._prune_round()
         self._new_view_wire = None
-        self._view_start_height = self._height + 1
+        self._view_start_height = start_height
         self._pending_new_view = None
         self._count("views_entered")
+
+    def _prune_round(self) -> None:
+        """Forget this height's state of views left behind, so many view changes at one
+        height keep memory bounded: votes of older views (commits within the view
+        window still count), and blocks nothing refers to any more."""
+        round_ = self._round
+        view = self._view
+        floor = view - self._config.view_window
+        round_.active_senders = set()
+        round_.preprepares = {v: pp for v, pp in round_.preprepares.items() if v >= view}
+        round_.prepares = {v: votes for v, votes in round_.prepares.items() if v >= view}
+        round_.prepare_counts = {key: count for key, count in round_.prepare_counts.items() if key[0] >= view}
+        round_.commits = {v: votes for v, votes in round_.commits.items() if v >= floor}
+        round_.commit_counts = {key: count for key, count in round_.commit_counts.items() if key[0] >= floor}
+        round_.own_wires = {key: wire for key, wire in round_.own_wires.items() if key[1] >= view}
+        keep = {(pp.block_hash, pp.payload_hash) for pp in round_.preprepares.values()}
+        keep.update(key for key, _ in round_.checking.values())
+        keep.update(key for key, _ in round_.check_queue)
+        if round_.prepared is not None:
+            keep.add((round_.prepared.block_hash, round_.prepared.payload_hash))
+        if round_.certificate is not None:
+            keep.update(key for key in round_.blocks if key[0] == round_.certificate.block_hash)
+        # A valid block of an older view may still be carried over by a NEW-VIEW; keep the
+        # newest few of those (their payload may not be attached to the NEW-VIEW).
+        spare = [key for key, block in round_.blocks.items() if key not in keep and block.status == _VALID]
+        keep.update(spare[-self._config.view_window:])
+        round_.blocks = {key: block for key, block in round_.blocks.items() if key in keep}
 
     def _adopt_certified_view(self, view: int) -> None:
         """A certificate of our committed height in view w proves w was entered at or below it.
@@ -869,7 +908,7 @@ class Replica:
         """
         if view <= self._view or (self._vc_target is not None and self._vc_target > view):
             return
-        self._set_view(view)
+        self._set_view(view, self._height + 1)
         self._prune_buffer()
 
     def _start_view_change(self, target: int, reason: str) -> None:
@@ -923,7 +962,7 @@ class Replica:
             self._drop("signer_mismatch")
             return
         if view_change.view <= self._view:
-            self._help_stale_view(sender, view_change)
+            self._help_view_change_sender(sender, view_change)
             self._drop("stale_view")
             return
         if view_change.view > self._view + self._config.view_window:
@@ -932,6 +971,7 @@ class Replica:
         known = self._view_changes.get(sender)
         if known is not None and known.view >= view_change.view:
             self._drop("duplicate" if known.signed.signature == view_change.signed.signature else "stale_view_change")
+            self._help_view_change_sender(sender, known)
             return
         if not view_change_is_valid(view_change, self._config.chain_id, self._quorum, self._signatures):
             self._drop("invalid_view_change")
@@ -946,8 +986,8 @@ class Replica:
         self._view_change_wires[sender] = wire
         if view_change.height > self._height:
             self._request_catch_up((sender, *view_change.certificate.signers), immediate=True)
-        elif view_change.height < self._height:
-            self._help_with_certificate(sender)
+        else:
+            self._help_view_change_sender(sender, view_change)
         self._check_join_rule()
         self._check_view_change_timer()
         self._try_new_view()
@@ -995,6 +1035,13 @@ class Replica:
                 if block.status != _VALID:
                     self._request_check(block, fresh=False)  # we vote for it: our driver checks it first
                     return
+                digest = (carried.block_hash, carried.payload_hash)
+                earlier = self._own_votes.get((KIND_PREPREPARE, self._round.height, target), digest)
+                if earlier != digest:
+                    self._count("refused_conflicting_vote")
+                    return  # signed another PRE-PREPARE for (target, h+1) before a crash: cannot lead this view
+            # Ed25519 signatures are deterministic: re-signing an identical body after a
+            # restart reproduces the same bytes.
             preprepare = sign_preprepare(
                 self._key, self._config.chain_id, target, plan.start_height + 1, carried.header, None,
                 carried.block_hash, carried.payload_hash,
@@ -1003,12 +1050,14 @@ class Replica:
         new_view = sign_new_view(self._key, self._config.chain_id, target, view_changes, preprepare)
         self._remember_own(new_view.signed, new_view.kind)
         self._new_view_sent = target
-        self._persist(wal_records.NEW_VIEW_KEY, encode_new_view(new_view, None))
         if preprepare is not None and plan.start_height == self._height:
+            # The re-pre-prepare is a vote: its records go first, so a durable NEW-VIEW
+            # record always comes with the PRE-PREPARE it contains.
             block = self._round.blocks[(carried.block_hash, carried.payload_hash)]
             self._persist_block(block)
             self._persist_preprepare(preprepare)
             self._own_votes[(KIND_PREPREPARE, self._round.height, target)] = (carried.block_hash, carried.payload_hash)
+        self._persist(wal_records.NEW_VIEW_KEY, encode_new_view(new_view, None))
         self._count("new_views_sent")
         self._enter_new_view(target, plan, preprepare, payload, encode_new_view(new_view, payload), announce=True)
 
@@ -1079,11 +1128,10 @@ class Replica:
         self, view: int, plan: NewViewPlan, preprepare: PrePrepare | None, payload: bytes | None,
         wire: bytes, announce: bool,
     ) -> None:
-        self._set_view(view)
+        self._set_view(view, plan.start_height + 1)
         if announce:
             self._broadcast(wire)
         self._new_view_wire = wire
-        self._view_start_height = plan.start_height + 1
         if plan.start_height > self._height:
             # Others committed up to h*: fetch those blocks, then take the carried one.
             self._pending_new_view = _PendingNewView(plan.start_height, preprepare, payload)
@@ -1111,11 +1159,15 @@ class Replica:
         else:
             self._request_check(block, fresh=False)
 
-    def _help_stale_view(self, peer: bytes, view_change: ViewChange) -> None:
-        """A peer asks for a view we are already past: show it how we got here."""
+    def _help_view_change_sender(self, peer: bytes, view_change: ViewChange) -> None:
+        """A VIEW-CHANGE shows its sender below our height or view: show it how we got here.
+
+        Rate-limited in _send_help; a retransmitted VIEW-CHANGE asks again, so a lost
+        help message is eventually replaced.
+        """
         if view_change.height < self._height:
             self._help_with_certificate(peer)
-        elif view_change.height == self._height:
+        elif view_change.height == self._height and view_change.view <= self._view:
             if self._new_view_wire is not None and self._view_start_height == self._height + 1:
                 self._send_help(peer, self._new_view_wire)
             elif self._certificate is not None and self._certificate.view == self._view:
@@ -1396,6 +1448,8 @@ class Replica:
             view = max(view, own_new_view.view)
             self._new_view_sent = own_new_view.view
         self._view = view
+        if view == records["view"]:
+            self._view_start_height = max(records["start"], self._view_start_height)
         self._restore_round(records)
         if own_view_change is not None and own_view_change.view > view:
             prepared = own_view_change.prepared
@@ -1410,6 +1464,13 @@ class Replica:
             payload = self._held_payload(carried.block_hash, carried.payload_hash) if carried else None
             self._new_view_wire = encode_new_view(own_new_view, payload)
             self._view_start_height = plan.start_height + 1
+            if carried is not None and plan.start_height == height:
+                # Its re-pre-prepare is our vote for (view, h+1), whatever else the WAL holds.
+                self._own_votes[(KIND_PREPREPARE, height + 1, view)] = (carried.block_hash, carried.payload_hash)
+        if self._view_start_height > height + 1:
+            # We entered this view below its start height and crashed before catching up:
+            # the blocks up to it are certified elsewhere, fetch them.
+            self._behind_since = self._now
         if height > 0:
             self._emit(Forget(height))
         for block in list(self._round.blocks.values()):
@@ -1417,16 +1478,16 @@ class Replica:
         self._resend_after_restart()
 
     def _read_wal(self, wal: list[tuple[bytes, bytes]]) -> dict:
-        records = {"view": 0, "vc": None, "nv": None, "cert": None, "votes": [], "height": []}
+        records = {"view": 0, "start": 1, "vc": None, "nv": None, "cert": None, "votes": [], "height": []}
         chain_id, limits = self._config.chain_id, self._limits
         for key, value in wal:
             record = wal_records.unseal(key, value)
             try:
                 if key == wal_records.VIEW_KEY:
-                    (view,) = _exact_keys(codec.decode(record), ("view",))
-                    if type(view) is not int or view < 0:
-                        raise ValueError("view is not a non-negative int")
-                    records["view"] = view
+                    start, view = _exact_keys(codec.decode(record), ("start", "view"))
+                    if type(view) is not int or view < 0 or type(start) is not int or start < 1:
+                        raise ValueError("view record is not {start, view} of non-negative ints")
+                    records["view"], records["start"] = view, start
                 elif key == wal_records.VIEW_CHANGE_KEY:
                     records["vc"] = self._own_message(decode_message(record, chain_id, limits), ViewChange)
                 elif key == wal_records.NEW_VIEW_KEY:
@@ -1479,7 +1540,8 @@ class Replica:
                     preprepares[detail] = preprepare
                     round_.persisted_preprepares.add(detail)
             elif kind in (wal_records.KIND_PREPARE, wal_records.KIND_COMMIT):
-                vote = self._own_message(decode_message(record, chain_id, limits), Prepare if kind == wal_records.KIND_PREPARE else Commit)
+                expected = Prepare if kind == wal_records.KIND_PREPARE else Commit
+                vote = self._own_message(decode_message(record, chain_id, limits), expected)
                 if vote.view != detail or vote.height != height:
                     raise ValueError("vote record does not match its key")
                 digest = (vote.block_hash, vote.payload_hash) if type(vote) is Prepare else vote.block_hash

@@ -63,6 +63,14 @@ def seal(key: bytes, record: bytes) -> bytes:
     return zlib.crc32(record, zlib.crc32(key)).to_bytes(4, "big") + record
 
 
+def seal_parts(key: bytes, parts: list[bytes]) -> bytes:
+    """seal(key, b"".join(parts)) without building the record first (one copy of a payload)."""
+    checksum = zlib.crc32(key)
+    for part in parts:
+        checksum = zlib.crc32(part, checksum)
+    return b"".join([checksum.to_bytes(4, "big"), *parts])
+
+
 def unseal(key: bytes, value: bytes) -> bytes:
     """The record inside a stored value; ValueError if the checksum does not match."""
     if type(value) is not bytes or len(value) < 4:

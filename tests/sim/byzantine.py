@@ -11,7 +11,7 @@ Behaviours (KINDS):
     equivocate        as primary, send two different valid blocks to two halves of the backups
     bad_payload       as primary, propose a block whose payload breaks the ledger rules
     censor            as primary, propose only empty blocks (the mempool's txs never commit)
-    conflicting_votes send some peers PREPARE/COMMIT for a random digest instead
+    conflicting_votes send some peers PREPARE/COMMIT for a random digest instead, and more such votes
     withhold          drop each outgoing message with probability 1/2
     forge             messages with a broken signature, or claiming another validator as signer
     stale_view        votes for views/heights already left behind
@@ -144,7 +144,7 @@ class Byzantine:
     def inject(self, view: int, height: int, certificate: dict | None) -> list[tuple[int, bytes]]:
         """Messages to send this tick beyond what the real replica sends."""
         out = []
-        for kind in ("forge", "stale_view", "future_view", "garbage", "bad_view_change"):
+        for kind in ("conflicting_votes", "forge", "stale_view", "future_view", "garbage", "bad_view_change"):
             if kind in self.kinds and self.rng.random() < INJECT_PROBABILITY:
                 data = getattr(self, "_make_" + kind)(view, height, certificate)
                 if data is not None:
@@ -158,6 +158,11 @@ class Byzantine:
         else:
             vote = sign_commit(self.key, self.chain_id, view, height, self.rng.randbytes(32))
         return encode_vote(vote)
+
+    def _make_conflicting_votes(self, view: int, height: int, certificate) -> bytes:
+        """A vote for a random digest at the current view and height (also when the real
+        replica sits out a view and has no vote of its own to rewrite)."""
+        return self._vote(view, height + 1)
 
     def _make_forge(self, view: int, height: int, certificate) -> bytes:
         vote = sign_prepare(self.key, self.chain_id, view, height + 1, self.rng.randbytes(32), self.rng.randbytes(32))

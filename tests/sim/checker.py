@@ -7,6 +7,10 @@ with crypto.verify), each digest maps to one header; no honest replica signs two
 different digests for one (kind, view, height) or two VIEW-CHANGEs for one target view,
 even across crashes; every own vote is in the WAL before it is sent; views and heights
 never decrease; in-memory logs stay bounded; honest replicas raise no Alarm.
+
+Lock (OSDI 4.5.1): once a block B is committed at height h in view v, every honest
+COMMIT at h in a view >= v and every honest PRE-PREPARE or PREPARE at h in a view > v
+(fresh or carried by a NEW-VIEW) names B, whenever it was sent.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from consensus.messages import (
 
 
 class InvariantViolation(AssertionError):
-    pass
+    """A safety or liveness property of the protocol does not hold."""
 
 
 class Checker:
@@ -43,6 +47,8 @@ class Checker:
         self.headers: dict[bytes, bytes] = {}  # block hash -> header
         self.signed: dict[tuple, object] = {}  # (kind, signer, view, height) -> digest
         self.certificates_checked: set[tuple] = set()
+        self.committed_view: dict[int, int] = {}  # height -> lowest certificate view seen
+        self.votes: dict[int, list[tuple[str, int, bytes, str]]] = {}  # height -> honest (kind, view, block, node)
 
     def fail(self, message: str) -> None:
         raise InvariantViolation(message)
@@ -79,6 +85,22 @@ class Checker:
         known_header = self.headers.setdefault(block_hash, header)
         if known_header != header:
             self.fail(f"{node_name}: digest {block_hash.hex()[:16]} maps to two headers")
+        view = certificate["view"]
+        if view < self.committed_view.get(height, view + 1):
+            self.committed_view[height] = view
+            for kind, vote_view, vote_block, voter in self.votes.get(height, ()):
+                self._check_lock(voter, kind, height, vote_view, vote_block)
+
+    def _check_lock(self, node_name: str, kind: str, height: int, view: int, block_hash: bytes) -> None:
+        committed_view = self.committed_view.get(height)
+        if committed_view is None:
+            return
+        bound = view >= committed_view if kind == "commit" else view > committed_view
+        if bound and block_hash != self.committed[height]:
+            self.fail(
+                f"{node_name}: {kind} for another block at height {height} view {view}, "
+                f"after a commit there in view {committed_view}"
+            )
 
     # -- steps -------------------------------------------------------------------------
 
@@ -136,6 +158,10 @@ class Checker:
         known = self.signed.setdefault(key, digest)
         if known != digest:
             self.fail(f"{node.name}: signed two different {kind} for {key[2:]}")
+        if len(key) == 4 and known is digest:  # a first PRE-PREPARE, PREPARE or COMMIT for (view, height)
+            view, height, block_hash = key[2], key[3], digest[0]
+            self.votes.setdefault(height, []).append((kind, view, block_hash, node.name))
+            self._check_lock(node.name, kind, height, view, block_hash)
 
     def _require_persisted(self, node, key: bytes, matches) -> None:
         value = node.wal.get(key)

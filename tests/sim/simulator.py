@@ -45,7 +45,8 @@ from .ledger_app import EMPTY_PAYLOAD, PAYLOAD_PREFIX, FakeLedger, clock_ms
 from .network import Network
 
 CHAIN_ID = "sim-chain"
-NETWORK_FAULTS = ("drop", "duplicate", "reorder", "partition", "crash", "restart")
+EXTENSION_STEP_TICKS = 20
+EXTENSION_TICKS_MAX = 400
 
 
 class SimulationFailure(AssertionError):
@@ -128,7 +129,7 @@ def random_config(seed: int, n: int) -> SimConfig:
     """The fault plan of one seed."""
     rng = random.Random(f"ledger-sim/{n}/{seed}")
     f = (n - 1) // 3
-    gst = rng.randint(80, 240)
+    gst = rng.randint(60, 200)
     plan = FaultPlan(gst_tick=gst, delay_ticks_max=rng.randint(1, 4))
     if rng.random() < 0.6:
         plan.drop_probability = rng.uniform(0.05, 0.2)
@@ -252,6 +253,7 @@ class Simulation:
         # Before GST there is always work, so every fault meets traffic; at GST the goal
         # becomes fixed (see _apply_fault_schedule).
         self.goal = config.heights if config.faults.gst_tick <= 1 else 2**62
+        self.gst_tick = config.faults.gst_tick  # may move later if a fault has not fired yet
         self.gst_height: int | None = None
         self.liveness_ticks: int | None = None
         for node in self.nodes:
@@ -374,7 +376,9 @@ class Simulation:
             elif now == restart and not node.alive:
                 self._boot(node)
                 self.faults["restart"] += 1
-        if now == plan.gst_tick:
+        if now == self.gst_tick and self._extend_faulty_phase():
+            return
+        if now == self.gst_tick:
             self.network.heal()
             for node in self.nodes:
                 node.crash_in_step = False
@@ -386,10 +390,28 @@ class Simulation:
             for node in self.nodes:
                 self._update_work(node)
 
+    def _extend_faulty_phase(self) -> bool:
+        """Postpone GST while an enabled network fault has not met any traffic yet.
+
+        A window of loss or a partition can pass while the nodes it affects are crashed
+        or quiet; the faulty phase then lasts (at most EXTENSION_TICKS_MAX more ticks)
+        until each such fault acted at least once, so that every run tests what it says.
+        """
+        plan = self.config.faults
+        if self.now - plan.gst_tick >= EXTENSION_TICKS_MAX:
+            return False
+        missing = [kind for kind in ("drop", "duplicate", "partition") if kind in plan.enabled() and not self.faults[kind]]
+        if not missing:
+            return False
+        if "partition" in missing and self.network.partition is None:
+            self.network.partition = plan.partitions[-1][2]  # the last partition, once more
+        self.gst_tick += EXTENSION_STEP_TICKS
+        return True
+
     def _check_liveness(self) -> None:
         if self.gst_height is None or self.liveness_ticks is not None:
             return
-        elapsed = self.now - self.config.faults.gst_tick
+        elapsed = self.now - self.gst_tick
         if all(node.ledger.height > self.gst_height for node in self.honest):
             self.liveness_ticks = elapsed
         elif elapsed > liveness_bound(self.config):

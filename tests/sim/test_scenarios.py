@@ -14,7 +14,7 @@ from ledger import codec
 from ledger.crypto import KeyPair
 
 from consensus import wal as wal_records
-from consensus.actions import Broadcast, BuildProposal, CheckBlock, CommitBlock, Persist
+from consensus.actions import Broadcast, BuildProposal, CheckBlock, Persist
 from consensus.events import BlockChecked, ProposalBuilt, Receive, Tick, WorkChanged
 from consensus.messages import (
     Limits,
@@ -76,15 +76,15 @@ def test_primary_crash_view_change_then_commits():
         assert replica.counters["view_changes_started"] >= 1
 
 
-def test_equivocating_primary_n4_and_n7():
-    for n in (4, 7):
-        plan = FaultPlan(gst_tick=1, byzantine={0: frozenset({"equivocate"})})
-        sim = Simulation(SimConfig(seed=11, n=n, heights=10, faults=plan))
-        result = sim.run()  # the checker asserts safety after every step
-        assert result.heights >= 10
-        assert result.faults["byzantine.equivocate"] >= 1
-    # With n = 7 the two halves (3 and 3 backups) cannot prepare: the view must change.
-    assert result.views_max >= 1
+@pytest.mark.parametrize("n", [4, 7])
+def test_equivocating_primary(n):
+    plan = FaultPlan(gst_tick=1, byzantine={0: frozenset({"equivocate"})})
+    result = Simulation(SimConfig(seed=11, n=n, heights=10, faults=plan)).run()  # safety checked every step
+    assert result.heights >= 10
+    assert result.faults["byzantine.equivocate"] >= 1
+    if n == 7:
+        # The two halves (3 and 3 backups) cannot prepare either block: the view must change.
+        assert result.views_max >= 1
 
 
 def drop_view0_commits(sim: Simulation):
@@ -135,7 +135,6 @@ def test_wrong_new_view_moves_replicas_to_the_next_view():
         return drop_commits(source, target, data)
 
     sim.network.message_filter = message_filter
-    header, _ = (None, None)
     sim.run_until(lambda s: bool(forged), 1000, "primary(1)'s NEW-VIEW")
     header, _ = original_block(sim, 0, 1)
     for target in (0, 2, 3):
