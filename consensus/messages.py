@@ -28,6 +28,7 @@ from typing import ClassVar, Union
 import msgpack
 
 from ledger import codec
+from ledger.block import Header, decode_header
 from ledger.crypto import COMMIT_TAG, KeyPair
 
 PREPREPARE_TAG = b"ledger/preprepare/v1"
@@ -54,11 +55,6 @@ KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 HASH_BYTES = 32
 NUMBER_MAX = 2**63 - 1  # heights, views and times fit a signed 64-bit integer
-
-HEADER_KEYS = frozenset(
-    {"chain", "height", "prev", "time", "proposer", "view", "tx_count", "tx_root", "results_root", "state_root"}
-)
-
 
 class MessageError(ValueError):
     """Input that is not a well-formed consensus message; `reason` names the drop counter."""
@@ -96,18 +92,6 @@ class Signed:
 
     def to_list(self) -> list:
         return [self.signer, self.body, self.signature]
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    """The block header fields the replica checks (the rest stay opaque)."""
-
-    chain: str
-    height: int
-    prev: bytes
-    time: int
-    proposer: bytes
-    view: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,27 +409,13 @@ def _list(value, length_max: int, what: str) -> list:
 
 
 def parse_header(header: bytes, limits: Limits | None = None) -> Header:
-    """Check a block header's shape (contract section 4) and return the fields the replica uses."""
+    """Check a block header's shape (contract section 4); the ledger's decoder is the one rule."""
     if type(header) is not bytes or (limits is not None and len(header) > limits.header_bytes_max):
         raise MessageError("bad_header", "header too large")
     try:
-        obj = _decode_body(header)
-    except MessageError as exc:
-        raise MessageError("bad_header", exc.reason) from None
-    if type(obj) is not dict or obj.keys() != HEADER_KEYS:
-        raise MessageError("bad_header", "header keys")
-    if type(obj["chain"]) is not str:
-        raise MessageError("bad_header", "chain")
-    for name in ("height", "time", "view", "tx_count"):
-        if type(obj[name]) is not int or not 0 <= obj[name] <= NUMBER_MAX:
-            raise MessageError("bad_header", name)
-    for name in ("prev", "proposer", "tx_root", "results_root", "state_root"):
-        if type(obj[name]) is not bytes or len(obj[name]) != HASH_BYTES:
-            raise MessageError("bad_header", name)
-    return Header(
-        chain=obj["chain"], height=obj["height"], prev=obj["prev"], time=obj["time"],
-        proposer=obj["proposer"], view=obj["view"],
-    )
+        return decode_header(header)
+    except ValueError as exc:
+        raise MessageError("bad_header", str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------
