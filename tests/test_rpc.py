@@ -181,3 +181,30 @@ async def test_events_websocket_sends_each_committed_block(node):
     status, block = http("GET", f"{rpc}/v1/blocks/{message['height']}")
     assert block["hash"] == message["hash"]
     assert {"tx_id": tx_id, "code": "ok"} in message["txs"]
+
+
+def test_ledger_tx_command_submits_and_reports(node, tmp_path):
+    import subprocess
+
+    from tests.netutil import ROOT, ledger_cmd
+
+    net, rpc, _ = node
+    key_file = str(tmp_path / "carol.json")
+    made = subprocess.run(ledger_cmd("keygen", "--out", key_file), cwd=ROOT, capture_output=True, text=True)
+    assert made.returncode == 0 and len(made.stdout.strip()) == 64
+    bank_key = os.path.join(net.directory, "keys", "BANK0.json")
+    result = subprocess.run(ledger_cmd("tx", "account.open", "id=BANK0:carol", "owner=BANK0", f"key={key_file}",
+                                       "--key", bank_key, "--rpc", rpc, "--wait"),
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "committed at height" in result.stdout and ": ok" in result.stdout
+    result = subprocess.run(ledger_cmd("tx", "issue", "account=BANK0:carol", "currency=JPY", "amount=1500",
+                                       "--key", bank_key, "--rpc", rpc, "--wait"),
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "1,500 JPY" in result.stdout, result.stdout + result.stderr
+    assert http("GET", f"{rpc}/v1/accounts/BANK0:carol")[1]["balances"] == {"JPY": 1500}
+    # A refusal by the ledger is reported and exits non-zero.
+    result = subprocess.run(ledger_cmd("tx", "redeem", "account=BANK0:carol", "currency=JPY", "amount=99999",
+                                       "--key", key_file, "--rpc", rpc, "--wait"),
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "insufficient_funds" in result.stdout
