@@ -569,24 +569,25 @@ class Node:
     # ------------------------------------------------------------------ submissions (RPC)
     def submit(self, raw: bytes) -> SignedTx:
         """Every submission check in the contract's order; raises TxError. Admits and gossips."""
-        if self.mempool.verified(raw) is not None:
-            # Byte-identical to a pooled, verified tx: every earlier check passed already.
-            raise TxError("duplicate", "transaction is already pending")
-        stx = parse_signed(raw)
+        return self.admit(parse_signed(raw))
+
+    def admit(self, stx: SignedTx) -> SignedTx:
+        """The checks after parsing (chain, expiry, signatures, body, duplicate), then admission."""
         now = self.clock()
         check_chain_and_expiry(stx, self.chain_id, now)
         pooled = self.mempool.get(stx.tx_id)
-        if pooled is None or pooled.raw != raw:
+        # Byte-identical to a pooled envelope: its signatures and body were checked already.
+        if pooled is None or pooled.raw != stx.raw:
             if not signatures_valid(stx):
                 raise TxError("bad_signature", "a signature does not verify for its signer")
-        problem = check_body(stx.type, stx.body)
-        if problem is not None:
-            raise TxError("invalid_body", problem)
+            problem = check_body(stx.type, stx.body)
+            if problem is not None:
+                raise TxError("invalid_body", problem)
         if pooled is not None or self.store.tx_location(stx.tx_id) is not None:
             raise TxError("duplicate", "transaction is already pending or committed")
         self.mempool.add(stx, self.tip.height)
         self._arrival_ms[stx.tx_id] = now
-        self._gossip_out.append(raw)
+        self._gossip_out.append(stx.raw)
         if len(self._gossip_out) >= GOSSIP_FLUSH_TXS:
             self._flush_gossip()
         self._schedule_flush()

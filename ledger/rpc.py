@@ -208,7 +208,7 @@ class RpcServer:
                 raw = _parse_hex(item, "tx") if type(item) is str else item
                 stx = parse_signed(raw)
                 signatures += len(stx.sigs)
-                parsed.append(raw)
+                parsed.append(stx)
             except ApiError as exc:
                 parsed.append(exc)
             except TxError as exc:
@@ -221,8 +221,8 @@ class RpcServer:
                 results.append({"error": {"code": item.code, "message": item.message}})
                 continue
             try:
-                stx = self.node.submit(item)
-                results.append({"tx_id": stx.tx_id.hex(), "status": "pending"})
+                self.node.admit(item)
+                results.append({"tx_id": item.tx_id.hex(), "status": "pending"})
             except TxError as exc:
                 results.append({"error": {"code": exc.code, "message": exc.message}})
         return web.json_response({"results": results})
