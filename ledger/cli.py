@@ -56,11 +56,10 @@ def cmd_node(args) -> int:
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        import uvloop  # a faster event loop; the node is event-loop bound
+    if sys.platform != "win32":
+        import uvloop  # a faster event loop (a dependency off Windows); the node is event-loop bound
+
         uvloop.install()
-    except ImportError:
-        pass
 
     async def run() -> int:
         try:
@@ -82,11 +81,10 @@ def cmd_node(args) -> int:
             return 2
         print(f"{node.config.name} up: RPC http://{node.config.rpc_host}:{node.config.rpc_port} "
               f"peer port {node.config.p2p_port} height {node.tip.height}", flush=True)
-        while not stop.is_set() and not node.fatal_error:
-            try:
-                await asyncio.wait_for(stop.wait(), 0.5)
-            except asyncio.TimeoutError:
-                pass
+        stopped = asyncio.ensure_future(stop.wait())
+        while not stopped.done() and not node.fatal_error:
+            await asyncio.wait({stopped}, timeout=0.5)  # wake up to notice a node that halted
+        stopped.cancel()
         await rpc.stop()
         await node.stop()
         if node.fatal_error:
@@ -110,6 +108,15 @@ def cmd_node(args) -> int:
 
 
 # ---------------------------------------------------------------------- devnet
+def _node_status(config) -> dict | None:
+    """A node's /v1/status, or None while it is not (yet) answering."""
+    try:
+        _, status = _http_json(f"http://{config.rpc_host}:{config.rpc_port}/v1/status", timeout=2)
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
 def cmd_devnet_up(args) -> int:
     directory = args.dir
     if not os.path.exists(os.path.join(directory, "genesis.json")):
@@ -146,11 +153,8 @@ def cmd_devnet_up(args) -> int:
                     print(f"error: {config.name} exited ({process.returncode}); see {logs_dir}/{config.name}.log",
                           file=sys.stderr)
                     return 1
-                try:
-                    _, status = _http_json(f"http://{config.rpc_host}:{config.rpc_port}/v1/status", timeout=2)
-                except (OSError, ValueError):
-                    continue
-                if isinstance(status, dict) and all(p.get("connected") for p in status.get("peers", [])):
+                status = _node_status(config)
+                if status is not None and all(p.get("connected") for p in status.get("peers", [])):
                     ready.add(config.name)
             time.sleep(0.2)
         if len(ready) < len(configs) and not stopping:

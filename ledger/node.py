@@ -202,10 +202,7 @@ class Node:
         self._stopping = True
         if self._tick_task is not None:
             self._tick_task.cancel()
-            try:
-                await self._tick_task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(self._tick_task, return_exceptions=True)  # let the cancellation finish
         await self.p2p.stop()
         for futures in self._waiters.values():
             for future in futures:
