@@ -668,7 +668,7 @@ class Node:
             "last_block_hash": self.tip.hash.hex(),
             "view": self.replica.view,
             "primary": self.replica.primary.hex(),
-            "peers": self.p2p.status(),
+            "peers": [{"name": peer["name"], "connected": peer["connected"]} for peer in self.p2p.status()],
             "mempool_size": len(self.mempool),
             "syncing": bool(self._catchup is not None or self.replica.syncing),
         }

@@ -161,6 +161,7 @@ def test_reads_have_contract_shapes(node):
     status, st = http("GET", f"{rpc}/v1/status")
     assert set(st) == {"chain_id", "node", "validator", "height", "last_block_hash", "view", "primary", "peers",
                        "mempool_size", "syncing"}
+    assert all(set(peer) == {"name", "connected"} for peer in st["peers"])
     with urllib.request.urlopen(f"{rpc}/metrics") as response:
         assert b"ledger_height" in response.read()
 
