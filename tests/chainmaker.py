@@ -133,7 +133,7 @@ def _block_txs(chain: Chain, signer: _Signer, rng: random.Random, height: int, c
     key = chain.account_keys
     txs = []
     if height == 2:
-        c, d = accounts[2], accounts[3]
+        c = accounts[2]
         txs.append(signer.tx("hold.settle", {"id": "hold-settle"}, [key[c]], time_ms))
         txs.append(signer.tx("hold.cancel", {"id": "hold-cancel"}, [key[c]], time_ms))
     while len(txs) < count:

@@ -1,7 +1,6 @@
 """A node refuses to start on a store whose own chain is inconsistent, with a message that
 says what is wrong and how to recover, and exits instead of crash-looping; an intact store
 made elsewhere starts and serves its chain."""
-import os
 import subprocess
 
 import plyvel
