@@ -50,6 +50,8 @@ STALL_BLOCKS = 5
 # responsive and latency low while still amortising each consensus round.
 PROPOSAL_TXS_MAX = 3000
 PEER_MESSAGE_MAX = 64 * 1024 * 1024
+CHECKED_BLOCKS_MAX = 16
+FETCH_SERVE_INTERVAL_MS = 20
 
 
 def wall_clock_ms() -> int:
@@ -130,6 +132,7 @@ class Node:
         self._work_reported: tuple[bool, bool] | None = None
         self._catchup: _CatchUp | None = None
         self._peer_tips: dict[bytes, int] = {}
+        self._last_served_ms: dict[bytes, int] = {}
         self._last_tip_announce_ms = 0
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
         self.event_subscribers: set[asyncio.Queue] = set()
@@ -289,7 +292,7 @@ class Node:
         block_time = max(self.clock(), ctx.tip_time + 1)
         txs = self.mempool.select(block_time, min(ctx.max_block_txs, PROPOSAL_TXS_MAX), ctx.max_block_bytes)
         checked = build_block(ctx, self.state, txs, time_ms=block_time, view=action.view, proposer=self.key.public_key)
-        self._checked[checked.block_hash] = checked
+        self._remember_checked(checked)
         self.stats.counters["blocks_proposed"] += 1
         self.feed(ev.ProposalBuilt(action.height, action.view, checked.header_bytes,
                                    blockmod.encode_payload([t.raw for t in txs])))
@@ -302,8 +305,15 @@ class Node:
         checked = check_block(self.chain_context(), self.state, header, payload,
                               is_committed=lambda tx_id: self.store.tx_location(tx_id) is not None,
                               verified=self.mempool.verified, now_ms=self.clock() if fresh else None)
-        self._checked[digest] = checked
+        self._remember_checked(checked)
         return checked
+
+    def _remember_checked(self, checked: CheckedBlock) -> None:
+        """Cache a validated block until commit; bounded, since proposals for one height can
+        arrive in many views (a Byzantine primary per view), each up to 8 MiB of txs."""
+        if len(self._checked) >= CHECKED_BLOCKS_MAX:
+            del self._checked[next(iter(self._checked))]  # the oldest
+        self._checked[checked.block_hash] = checked
 
     def _check_proposal(self, action) -> None:
         digest = blockmod.block_hash(action.header)
@@ -403,6 +413,13 @@ class Node:
         if type(from_height) is not int or from_height < 1:
             self.stats.counters["peer_garbage"] += 1
             return
+        now = self.clock()
+        if now - self._last_served_ms.get(peer, -FETCH_SERVE_INTERVAL_MS) < FETCH_SERVE_INTERVAL_MS:
+            # A peer asking faster than it could apply what it gets is wasting our disk and
+            # CPU: answer at most one fetch per interval per peer (it retries on timeout).
+            self.stats.counters["fetch_rate_limited"] += 1
+            return
+        self._last_served_ms[peer] = now
         items, total = [], 0
         for height in range(from_height, min(self.tip.height, from_height + FETCH_BLOCKS_MAX - 1) + 1):
             stored = self.store.block(height)
