@@ -93,6 +93,8 @@ def verify_proof(proof, genesis: dict) -> dict:
         cert = blockmod.certificate_from_json(proof["commit"])
     except ValueError as exc:
         raise ProofError(str(exc)) from None
+    if cert["view"] < header.view:
+        raise ProofError("commit certificate is for a view before the block was proposed")
     validators = [bytes.fromhex(v["public_key"]) for v in genesis["validators"]]
     problem = blockmod.certificate_error(cert, genesis["chain_id"], validators, header.height,
                                          blockmod.block_hash(header_bytes))

@@ -21,7 +21,7 @@ from ledger import codec, crypto
 from ledger.cli import main as cli_main
 from ledger.proof import ProofError, build_proof, verify_proof
 from ledger.store import LevelDBStore
-from tests.chainmaker import make_chain
+from tests.chainmaker import make_chain, sign_certificate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -206,6 +206,18 @@ def forge_height_claimed_elsewhere(p, chain):
     p["height"] += 1
 
 
+def forge_certificate_view_before_the_header_view(p, chain):
+    # Every validator signs, but for view 0 a header claiming it was proposed in view 3:
+    # no honest replica commits a block in a view before the one it was proposed in.
+    fields = blockmod.decode_header(bytes.fromhex(p["header"])).to_dict()
+    fields["view"] = 3
+    fields["proposer"] = chain.validator_keys[3 % len(chain.validator_keys)].public_key
+    header = codec.encode(fields)
+    p["header"] = header.hex()
+    cert = sign_certificate(chain.chain_id, fields["height"], 0, blockmod.block_hash(header), chain.validator_keys)
+    p["commit"] = blockmod.certificate_to_json(cert)
+
+
 def forge_extra_key(p, chain):
     p["note"] = "trust me"
 
@@ -230,6 +242,7 @@ FORGERIES = [
     (forge_certificate_for_another_height, "certificate is for height"),
     (forge_header_time_changed, "block_hash differs"),
     (forge_height_claimed_elsewhere, "height differs"),
+    (forge_certificate_view_before_the_header_view, "view before the block was proposed"),
     (forge_extra_key, "holds exactly the keys"),
 ]
 
