@@ -355,7 +355,8 @@ class Node:
         self.tip = Tip(height=header.height, hash=checked.block_hash, state_root=header.state_root, time=header.time)
         self._checked.clear()
         self.mempool.remove_committed(tx_ids)
-        self._last_block_full = len(tx_ids) >= self.params["max_block_txs"] // 2
+        # A block at the proposal cap left txs behind for lack of room, not censorship.
+        self._last_block_full = len(tx_ids) >= min(self.params["max_block_txs"], PROPOSAL_TXS_MAX)
         now = self.clock()
         for index, (tx_id, code) in enumerate(zip(tx_ids, outcome.results)):
             arrived = self._arrival_ms.pop(tx_id, None)
