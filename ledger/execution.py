@@ -56,7 +56,9 @@ __all__ = ["BlockOutcome", "RESULT_MESSAGES", "execute_block", "state_root_after
 OK = "ok"
 BILL_OF_LADING = "bill_of_lading"
 # An LC can still be amended from these; presented documents must be examined first.
+LC_ADVISABLE_STATUSES = frozenset({"issued"})
 LC_AMENDABLE_STATUSES = frozenset({"issued", "advised", "refused"})
+LC_EXAMINABLE_STATUSES = frozenset({"presented"})
 LC_PRESENTABLE_STATUSES = frozenset({"advised", "refused"})
 
 RESULT_MESSAGES: dict[str, str] = {
@@ -448,26 +450,47 @@ def _lc_issue(ctx: _TxContext, body: dict) -> str:
     return OK
 
 
-def _lc_advise(ctx: _TxContext, body: dict) -> str:
+def _lc_in_step(ctx: _TxContext, body: dict, signed: Callable[[_TxContext, dict], bool],
+                statuses: frozenset[str]) -> tuple[dict | None, str]:
+    """The LC a lifecycle step acts on, or why the step fails: stages 2 to 4 of every step."""
     lc = ctx.get(lc_key(body["id"]))
     if lc is None:
-        return "unknown_lc"
-    if ctx.admin_key(lc["advising_bank"]) not in ctx.signers:
-        return "unauthorized"
-    if lc["status"] != "issued":
-        return "invalid_state"
+        return None, "unknown_lc"
+    if not signed(ctx, lc):
+        return None, "unauthorized"
+    if lc["status"] not in statuses:
+        return None, "invalid_state"
+    return lc, OK
+
+
+def _signed_by_advising_bank(ctx: _TxContext, lc: dict) -> bool:
+    return ctx.admin_key(lc["advising_bank"]) in ctx.signers
+
+
+def _signed_by_beneficiary(ctx: _TxContext, lc: dict) -> bool:
+    return ctx.existing_account(lc["beneficiary"])["key"] in ctx.signers
+
+
+def _signed_by_issuing_bank(ctx: _TxContext, lc: dict) -> bool:
+    return ctx.admin_key(lc["issuing_bank"]) in ctx.signers
+
+
+def _signed_by_issuing_bank_and_beneficiary(ctx: _TxContext, lc: dict) -> bool:
+    return _signed_by_issuing_bank(ctx, lc) and _signed_by_beneficiary(ctx, lc)
+
+
+def _lc_advise(ctx: _TxContext, body: dict) -> str:
+    lc, code = _lc_in_step(ctx, body, _signed_by_advising_bank, LC_ADVISABLE_STATUSES)
+    if lc is None:
+        return code
     ctx.put(lc_key(body["id"]), {**lc, "status": "advised", "history": ctx.lc_history(lc)})
     return OK
 
 
 def _lc_present(ctx: _TxContext, body: dict) -> str:
-    lc = ctx.get(lc_key(body["id"]))
+    lc, code = _lc_in_step(ctx, body, _signed_by_beneficiary, LC_PRESENTABLE_STATUSES)
     if lc is None:
-        return "unknown_lc"
-    if ctx.existing_account(lc["beneficiary"])["key"] not in ctx.signers:
-        return "unauthorized"
-    if lc["status"] not in LC_PRESENTABLE_STATUSES:
-        return "invalid_state"
+        return code
     presented = body["documents"]
     presented_types = {document["type"] for document in presented}
     for required_type in lc["documents"]:
@@ -489,13 +512,9 @@ def _lc_present(ctx: _TxContext, body: dict) -> str:
 
 
 def _lc_examine(ctx: _TxContext, body: dict) -> str:
-    lc = ctx.get(lc_key(body["id"]))
+    lc, code = _lc_in_step(ctx, body, _signed_by_issuing_bank, LC_EXAMINABLE_STATUSES)
     if lc is None:
-        return "unknown_lc"
-    if ctx.admin_key(lc["issuing_bank"]) not in ctx.signers:
-        return "unauthorized"
-    if lc["status"] != "presented":
-        return "invalid_state"
+        return code
     if not body["accept"]:
         # The reason stays in the transaction; the history entry points to it.
         ctx.put(lc_key(body["id"]), {**lc, "status": "refused", "history": ctx.lc_history(lc)})
@@ -522,19 +541,10 @@ def _lc_examine(ctx: _TxContext, body: dict) -> str:
     return OK
 
 
-def _signed_by_issuing_bank_and_beneficiary(ctx: _TxContext, lc: dict) -> bool:
-    return (ctx.admin_key(lc["issuing_bank"]) in ctx.signers
-            and ctx.existing_account(lc["beneficiary"])["key"] in ctx.signers)
-
-
 def _lc_amend(ctx: _TxContext, body: dict) -> str:
-    lc = ctx.get(lc_key(body["id"]))
+    lc, code = _lc_in_step(ctx, body, _signed_by_issuing_bank_and_beneficiary, LC_AMENDABLE_STATUSES)
     if lc is None:
-        return "unknown_lc"
-    if not _signed_by_issuing_bank_and_beneficiary(ctx, lc):
-        return "unauthorized"
-    if lc["status"] not in LC_AMENDABLE_STATUSES:
-        return "invalid_state"
+        return code
     expires = body.get("expires", lc["expires"])
     if expires <= ctx.time_ms:
         return "expired"
@@ -553,13 +563,10 @@ def _lc_amend(ctx: _TxContext, body: dict) -> str:
 
 
 def _lc_cancel(ctx: _TxContext, body: dict) -> str:
-    lc = ctx.get(lc_key(body["id"]))
+    # Not from paid, expired or cancelled.
+    lc, code = _lc_in_step(ctx, body, _signed_by_issuing_bank_and_beneficiary, LC_LIVE_STATUSES)
     if lc is None:
-        return "unknown_lc"
-    if not _signed_by_issuing_bank_and_beneficiary(ctx, lc):
-        return "unauthorized"
-    if lc["status"] not in LC_LIVE_STATUSES:
-        return "invalid_state"  # paid, expired or cancelled
+        return code
     applicant = ctx.existing_account(lc["applicant"])
     ctx.put(account_key(lc["applicant"]), _with_amounts(applicant, lc["currency"], lc["amount"], -lc["amount"]))
     ctx.put(lc_key(body["id"]), {**lc, "status": "cancelled", "history": ctx.lc_history(lc)})
