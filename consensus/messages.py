@@ -94,8 +94,18 @@ class Signed:
         return [self.signer, self.body, self.signature]
 
 
+class _SignedMessage:
+    """A message with a `signed` field; its signer is the validator that sent it."""
+
+    __slots__ = ()
+
+    @property
+    def signer(self) -> bytes:
+        return self.signed.signer
+
+
 @dataclass(frozen=True, slots=True)
-class PrePrepare:
+class PrePrepare(_SignedMessage):
     kind: ClassVar[str] = KIND_PREPREPARE
     signed: Signed
     view: int
@@ -105,13 +115,9 @@ class PrePrepare:
     header: bytes
     payload: bytes | None  # None where only the header travels (certificates, NEW-VIEW body)
 
-    @property
-    def signer(self) -> bytes:
-        return self.signed.signer
-
 
 @dataclass(frozen=True, slots=True)
-class Prepare:
+class Prepare(_SignedMessage):
     kind: ClassVar[str] = KIND_PREPARE
     signed: Signed
     view: int
@@ -119,22 +125,14 @@ class Prepare:
     block_hash: bytes
     payload_hash: bytes
 
-    @property
-    def signer(self) -> bytes:
-        return self.signed.signer
-
 
 @dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(_SignedMessage):
     kind: ClassVar[str] = KIND_COMMIT
     signed: Signed
     view: int
     height: int
     block_hash: bytes
-
-    @property
-    def signer(self) -> bytes:
-        return self.signed.signer
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +194,7 @@ class PreparedCertificate:
 
 
 @dataclass(frozen=True, slots=True)
-class ViewChange:
+class ViewChange(_SignedMessage):
     kind: ClassVar[str] = KIND_VIEW_CHANGE
     signed: Signed
     view: int  # the view the sender wants to move to
@@ -205,23 +203,15 @@ class ViewChange:
     prepared: PreparedCertificate | None  # for height + 1, from the highest view it prepared in
     payload: bytes | None  # the prepared block's payload, if attached
 
-    @property
-    def signer(self) -> bytes:
-        return self.signed.signer
-
 
 @dataclass(frozen=True, slots=True)
-class NewView:
+class NewView(_SignedMessage):
     kind: ClassVar[str] = KIND_NEW_VIEW
     signed: Signed
     view: int
     view_changes: tuple[ViewChange, ...]  # without payloads
     preprepare: PrePrepare | None  # the carried block re-pre-prepared in `view` (header from its certificate)
     payload: bytes | None  # the carried block's payload, if attached
-
-    @property
-    def signer(self) -> bytes:
-        return self.signed.signer
 
 
 @dataclass(frozen=True, slots=True)
