@@ -43,7 +43,8 @@ undecodable, by key), tx_index (missing, extra, wrong location or undecodable, b
 id) and unknown_record (a key under no prefix this node writes); store_read reports a
 record LevelDB itself cannot read (a damaged table file). The consensus
 write-ahead records (prefix b"w") are the replica's own votes and view state, not chain
-data: they are counted and reported as not covered.
+data: they are counted and reported as not covered, and so are the pending records
+(prefix b"p"), the transactions a node acknowledged and has not yet seen committed.
 
 Speed: each record is decoded once and each signature verified once; for large blocks
 the signatures verify on worker processes while the main thread parses the next block
@@ -93,8 +94,10 @@ WAL_NOT_COVERED = ("consensus write-ahead records (prefix 'w'): the replica's ow
                    "so that it never votes twice after a restart; not chain data")
 BODY_KEYS = frozenset({"txs", "tx_ids", "results"})
 TIP_KEYS = frozenset({"height", "hash", "state_root", "time"})
+PENDING_NOT_COVERED = ("pending records (prefix 'p'): transactions this node acknowledged to clients and has not "
+                       "seen committed, re-admitted (signatures checked) at its next start; not chain data")
 KNOWN_PREFIXES = frozenset({storemod.HEADER, storemod.BLOCK, storemod.CERT, storemod.TXINDEX, storemod.STATE,
-                            storemod.META, storemod.WAL})
+                            storemod.META, storemod.WAL, storemod.PENDING})
 
 
 class AuditUnavailable(Exception):
@@ -602,6 +605,8 @@ class _StoreAudit:
         self._check_unknown_records()
         wal_records = sum(1 for _ in self.store.raw_items(storemod.WAL))
         self.report.not_covered.append(f"{wal_records} {WAL_NOT_COVERED}")
+        pending_records = sum(1 for _ in self.store.raw_items(storemod.PENDING))
+        self.report.not_covered.append(f"{pending_records} {PENDING_NOT_COVERED}")
 
     def _finding(self, check: str, message: str, key: str | None = None, height: int | None = None) -> None:
         self.report.add(Finding(check, message, height=self.checker.height if height is None else height, key=key))

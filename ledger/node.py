@@ -54,6 +54,10 @@ CHECKED_BLOCKS_MAX = 16
 FETCH_SERVE_INTERVAL_MS = 20
 
 
+class NodeUnavailable(Exception):
+    """The node cannot take transactions now (halted on a fault, or stopping)."""
+
+
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
@@ -119,6 +123,16 @@ class Node:
             raise StartupError(str(exc)) from None
         self.mempool = Mempool()
         self.stats = NodeStats()
+        # Client submissions admitted since the last flush, synced to the store before the
+        # client hears "pending"; `_acknowledged` holds the ids that have a pending record.
+        self._acknowledging: list[SignedTx] = []
+        self._synced_future: asyncio.Future | None = None
+        self._acknowledged: set[bytes] = set()
+        try:
+            self._restore_acknowledged()
+        except StoreError as exc:
+            self.store.close()
+            raise StartupError(str(exc)) from None
         self._checked: dict[bytes, CheckedBlock] = {}
         self._events: collections.deque = collections.deque()
         self._draining = False
@@ -165,6 +179,29 @@ class Node:
         self._check_header_chain(tip)
         state = LedgerState.from_records(self.store.state_items(), tip.state_root)
         return tip, state
+
+    def _restore_acknowledged(self) -> None:
+        """Re-admit what this node acknowledged to clients before it stopped and has not
+        seen committed; drop the records that are settled (committed, expired) or unusable."""
+        now = self.clock()
+        settled = []
+        for tx_id, raw in self.store.pending_items():
+            try:
+                stx = parse_signed(raw)
+                if stx.tx_id != tx_id:
+                    raise TxError("bad_record", "the envelope's tx id is not the record's key")
+                self._check_admissible(stx, now)
+                self.mempool.add(stx, self.tip.height)
+            except TxError as exc:
+                if exc.code not in ("duplicate", "expired"):
+                    log.warning("pending record %s dropped: %s", tx_id.hex(), exc)
+                    self.stats.counters["pending_records_dropped"] += 1
+                settled.append(tx_id)
+                continue
+            self._acknowledged.add(tx_id)
+        if settled:
+            self.store.pending_delete(settled)
+        self.stats.counters["pending_restored"] = len(self._acknowledged)
 
     def _check_header_chain(self, tip: Tip) -> None:
         """Hash links from genesis to the tip, and the tip's certificate (cheap: headers only)."""
@@ -346,11 +383,14 @@ class Node:
     def _commit(self, checked: CheckedBlock, certificate: dict) -> None:
         header, outcome = checked.header, checked.outcome
         tx_ids = [t.tx_id for t in checked.txs]
+        acknowledged = self._acknowledged
+        settled = [tx_id for tx_id in tx_ids if tx_id in acknowledged] if acknowledged else []
         self.store.commit_block(
             height=header.height, header=checked.header_bytes, block_hash=checked.block_hash, time=header.time,
             state_root=header.state_root, txs=[t.raw for t in checked.txs], tx_ids=tx_ids, results=outcome.results,
-            certificate=certificate, changes=outcome.changes,
+            certificate=certificate, changes=outcome.changes, settled_pending=settled,
         )
+        acknowledged.difference_update(settled)
         self.state.apply(outcome.changes, outcome.state_root)
         self.tip = Tip(height=header.height, hash=checked.block_hash, state_root=header.state_root, time=header.time)
         self._checked.clear()
@@ -546,9 +586,10 @@ class Node:
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        """Gossip and report work once the current burst of admissions is done: everything
-        admitted in one loop iteration (a batch request, a gossip message) leaves in one
-        message, and a primary hears of new work without waiting for the next tick."""
+        """Sync, gossip and report work once the current burst of admissions is done:
+        everything admitted in one loop iteration (batch requests, a gossip message) is
+        synced in one write and leaves in one message, and a primary hears of new work
+        without waiting for the next tick."""
         if self._flush_scheduled or self._stopping:
             return
         self._flush_scheduled = True
@@ -557,9 +598,35 @@ class Node:
     def _flush_admissions(self) -> None:
         self._flush_scheduled = False
         if self._stopping or self.fatal_error:
+            self._fail_acknowledging()
             return
+        self._sync_acknowledging()
         self._flush_gossip()
         self._report_work(self.clock())
+
+    def _sync_acknowledging(self) -> None:
+        """One synced write for every client submission admitted since the last flush."""
+        admitted, self._acknowledging = self._acknowledging, []
+        future, self._synced_future = self._synced_future, None
+        # One committed (or expired) within this loop iteration needs no record.
+        envelopes = [(stx.tx_id, stx.raw) for stx in admitted if stx.tx_id in self.mempool]
+        if envelopes:
+            try:
+                self.store.pending_write(envelopes)
+            except StoreError as exc:
+                self._halt(f"store failure: {exc}")
+                if future is not None and not future.done():
+                    future.set_exception(NodeUnavailable(f"the node cannot store transactions: {exc}"))
+                return
+            self._acknowledged.update(tx_id for tx_id, _ in envelopes)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _fail_acknowledging(self) -> None:
+        self._acknowledging = []
+        future, self._synced_future = self._synced_future, None
+        if future is not None and not future.done():
+            future.set_exception(NodeUnavailable(self.fatal_error or "the node is stopping"))
 
     def _flush_gossip(self) -> None:
         while self._gossip_out:
@@ -586,8 +653,39 @@ class Node:
         return self.admit(parse_signed(raw))
 
     def admit(self, stx: SignedTx) -> SignedTx:
-        """The checks after parsing (chain, expiry, signatures, body, duplicate), then admission."""
+        """The checks after parsing, then admission; the caller acknowledges the tx to its
+        client only once `synced()` resolves."""
         now = self.clock()
+        self._check_admissible(stx, now)
+        self.mempool.add(stx, self.tip.height)
+        self._arrival_ms[stx.tx_id] = now
+        self._acknowledging.append(stx)
+        self._gossip_out.append(stx.raw)
+        if len(self._gossip_out) >= GOSSIP_FLUSH_TXS:
+            self._flush_gossip()
+        self._schedule_flush()
+        self.stats.counters["txs_submitted"] += 1
+        return stx
+
+    def synced(self) -> asyncio.Future:
+        """Resolves once every transaction admitted so far is synced to the store, so that
+        a crash after the client hears "pending" loses none of them; fails with
+        NodeUnavailable when the node halted or is stopping. Await it shielded: it is shared."""
+        loop = asyncio.get_running_loop()
+        if self._stopping or self.fatal_error:
+            future = loop.create_future()
+            future.set_exception(NodeUnavailable(self.fatal_error or "the node is stopping"))
+            return future
+        if not self._acknowledging:
+            future = loop.create_future()
+            future.set_result(None)
+            return future
+        if self._synced_future is None:
+            self._synced_future = loop.create_future()  # the flush that admit() scheduled resolves it
+        return self._synced_future
+
+    def _check_admissible(self, stx: SignedTx, now: int) -> None:
+        """Chain, expiry, signatures, body and duplicate checks, in the contract's order."""
         check_chain_and_expiry(stx, self.chain_id, now)
         pooled = self.mempool.get(stx.tx_id)
         # Byte-identical to a pooled envelope: its signatures and body were checked already.
@@ -599,14 +697,6 @@ class Node:
                 raise TxError("invalid_body", problem)
         if pooled is not None or self.store.tx_location(stx.tx_id) is not None:
             raise TxError("duplicate", "transaction is already pending or committed")
-        self.mempool.add(stx, self.tip.height)
-        self._arrival_ms[stx.tx_id] = now
-        self._gossip_out.append(stx.raw)
-        if len(self._gossip_out) >= GOSSIP_FLUSH_TXS:
-            self._flush_gossip()
-        self._schedule_flush()
-        self.stats.counters["txs_submitted"] += 1
-        return stx
 
     def wait_for_commit(self, tx_id: bytes) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
@@ -633,10 +723,19 @@ class Node:
         if self.fatal_error:
             return
         now = self.clock()
-        for tx_id in self.mempool.expire(now):
+        expired = self.mempool.expire(now)
+        for tx_id in expired:
             self._arrival_ms.pop(tx_id, None)
             for future in self._waiters.pop(tx_id, ()):
                 future.cancel()  # it expired uncommitted: nobody waits for it any more
+        settled = [tx_id for tx_id in expired if tx_id in self._acknowledged]
+        if settled:
+            self._acknowledged.difference_update(settled)
+            try:
+                self.store.pending_delete(settled)
+            except StoreError as exc:
+                self._halt(f"store failure: {exc}")
+                return
         self._flush_gossip()
         self._gossip_to_new_links()
         if self.replica.view != self._last_view:

@@ -2,7 +2,13 @@
 
 Every client input is size-limited before it is read whole and validated before use;
 every refusal is a 4xx with `{"error": {"code", "message"}}`. A 5xx would mean a bug in
-the node, never a client's bad input, and is logged with its traceback.
+the node, never a client's bad input, and is logged with its traceback; the one 5xx by
+design is 503 `unavailable` from a node that halted on a fault of its own (or is
+stopping) and so cannot make a submission durable.
+
+A submission is answered "pending" only after the node synced it to its store (one
+synced write for all the submissions of one loop iteration): a node killed after that
+answer re-admits it at its next start.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from ledger import block as blockmod
 from ledger import proof as proofmod
 from ledger import views
 from ledger.execution import RESULT_MESSAGES
+from ledger.node import NodeUnavailable
 from ledger.tx import TxError, parse_signed
 
 log = logging.getLogger("ledger.rpc")
@@ -150,12 +157,17 @@ class RpcServer:
             if type(data) is not dict or set(data) != {"tx"}:
                 raise ApiError(400, "bad_encoding", 'JSON body must be {"tx": hex}')
             raw = _parse_hex(data["tx"], "tx")
+        wait = request.query.get("wait") == "commit"
+        timeout = self._timeout(request) if wait else None  # a bad query is refused before admission
         try:
             stx = self.node.submit(raw)
         except TxError as exc:
             raise tx_error(exc) from None
-        if request.query.get("wait") == "commit":
-            timeout = self._timeout(request)
+        await self._synced()
+        if wait:
+            record = self.node.commit_record(stx.tx_id)
+            if record is not None:  # committed while it was being synced
+                return web.json_response(self._committed_json(stx.tx_id, record))
             future = self.node.wait_for_commit(stx.tx_id)
             try:
                 record = await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -216,6 +228,7 @@ class RpcServer:
         if signatures > BATCH_SIGS_MAX:
             raise ApiError(413, "too_large", f"a batch carries at most {BATCH_SIGS_MAX} signatures in all")
         results = []
+        admitted = False
         for item in parsed:
             if isinstance(item, ApiError):
                 results.append({"error": {"code": item.code, "message": item.message}})
@@ -223,9 +236,20 @@ class RpcServer:
             try:
                 self.node.admit(item)
                 results.append({"tx_id": item.tx_id.hex(), "status": "pending"})
+                admitted = True
             except TxError as exc:
                 results.append({"error": {"code": exc.code, "message": exc.message}})
+        if admitted:
+            await self._synced()
         return web.json_response({"results": results})
+
+    async def _synced(self) -> None:
+        """Answer "pending" only for transactions a crash of this node cannot lose."""
+        try:
+            # Shielded: the future is shared by every request admitted in this loop iteration.
+            await asyncio.shield(self.node.synced())
+        except NodeUnavailable as exc:
+            raise ApiError(503, "unavailable", str(exc)) from None
 
     # ------------------------------------------------------------------ transactions and blocks
     def _committed_json(self, tx_id: bytes, record) -> dict:

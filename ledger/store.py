@@ -9,9 +9,12 @@ Key layout (one byte of prefix, then a fixed-width key so that ranges sort by he
     b"s" + state key (UTF-8)      ->  canonical record                    (ledger state)
     b"m" + name                   ->  metadata: b"mtip" = {height, hash, state_root, time}, b"mgenesis" = genesis hash
     b"w" + replica key            ->  the consensus replica's own write-ahead records
+    b"p" + tx_id(32)              ->  signed envelope of a tx this node acknowledged to a client
+                                      and has not seen committed (kept so a crash loses none)
 
-Everything one block changes (block, certificate, tx index, state, tip) is one atomic
-write batch with sync=True, so a crash leaves either the whole block or none of it.
+Everything one block changes (block, certificate, tx index, state, tip, the pending
+records it settles) is one atomic write batch with sync=True, so a crash leaves either
+the whole block or none of it.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import plyvel
 
 from ledger import codec
 
-HEADER, BLOCK, CERT, TXINDEX, STATE, META, WAL = b"h", b"b", b"c", b"t", b"s", b"m", b"w"
+HEADER, BLOCK, CERT, TXINDEX, STATE, META, WAL, PENDING = b"h", b"b", b"c", b"t", b"s", b"m", b"w", b"p"
 TIP_KEY = META + b"tip"
 GENESIS_KEY = META + b"genesis"
 
@@ -62,11 +65,14 @@ class Store(Protocol):
     def state_items(self) -> Iterator[tuple[str, object]]: ...
     def commit_block(self, *, height: int, header: bytes, block_hash: bytes, time: int, state_root: bytes,
                      txs: list[bytes], tx_ids: list[bytes], results: list[str], certificate: dict,
-                     changes: dict[str, object | None]) -> None: ...
+                     changes: dict[str, object | None], settled_pending: list[bytes] = ()) -> None: ...
     def init_genesis(self, genesis_hash: bytes, state_root: bytes, records: dict[str, object]) -> None: ...
     def wal_write(self, items: list[tuple[bytes, bytes]]) -> None: ...
     def wal_items(self) -> list[tuple[bytes, bytes]]: ...
     def wal_delete_below(self, bound: bytes) -> None: ...
+    def pending_write(self, envelopes: list[tuple[bytes, bytes]]) -> None: ...
+    def pending_delete(self, tx_ids: list[bytes]) -> None: ...
+    def pending_items(self) -> list[tuple[bytes, bytes]]: ...
     def close(self) -> None: ...
 
 
@@ -119,7 +125,8 @@ class LevelDBStore:
             batch.put(TIP_KEY, codec.encode({"height": 0, "hash": genesis_hash, "state_root": state_root, "time": 0}))
 
     # -- blocks ---------------------------------------------------------------------
-    def commit_block(self, *, height, header, block_hash, time, state_root, txs, tx_ids, results, certificate, changes):
+    def commit_block(self, *, height, header, block_hash, time, state_root, txs, tx_ids, results, certificate, changes,
+                     settled_pending=()):
         with self._db.write_batch(transaction=True, sync=True) as batch:
             batch.put(height_key(HEADER, height), header)
             batch.put(height_key(BLOCK, height), codec.encode({"txs": txs, "tx_ids": tx_ids, "results": results}))
@@ -132,6 +139,8 @@ class LevelDBStore:
                 else:
                     batch.put(STATE + key.encode(), codec.encode(value))
             batch.put(TIP_KEY, codec.encode({"height": height, "hash": block_hash, "state_root": state_root, "time": time}))
+            for tx_id in settled_pending:
+                batch.delete(PENDING + tx_id)
 
     def header(self, height: int) -> bytes | None:
         return self._db.get(height_key(HEADER, height))
@@ -192,3 +201,19 @@ class LevelDBStore:
         with self._db.write_batch(transaction=True, sync=True) as batch:
             for key in self._db.iterator(start=WAL, stop=WAL + bound, include_value=False):
                 batch.delete(key)
+
+    # -- transactions acknowledged to clients, not yet committed ----------------------
+    def pending_write(self, envelopes: list[tuple[bytes, bytes]]) -> None:
+        """(tx_id, envelope) pairs, synced: written before the node acknowledges them."""
+        with self._db.write_batch(transaction=True, sync=True) as batch:
+            for tx_id, raw in envelopes:
+                batch.put(PENDING + tx_id, raw)
+
+    def pending_delete(self, tx_ids: list[bytes]) -> None:
+        """Not synced: a record that outlives a crash is dropped again at the next start."""
+        with self._db.write_batch(transaction=True) as batch:
+            for tx_id in tx_ids:
+                batch.delete(PENDING + tx_id)
+
+    def pending_items(self) -> list[tuple[bytes, bytes]]:
+        return [(key[1:], value) for key, value in self._db.iterator(prefix=PENDING)]

@@ -179,3 +179,54 @@ def test_paused_primary_is_replaced_then_rejoins(net):
         net.wait_height(i, answer["height"], timeout=30)
         block = http("GET", f"{net.rpc(i)}/v1/blocks/{committed['height']}")[1]
         assert block["hash"] == http("GET", f"{net.rpc(others[0])}/v1/blocks/{committed['height']}")[1]["hash"]
+
+
+def test_acknowledged_transactions_survive_kill9_before_gossip(net):
+    """A node acknowledges ("pending") only what it synced: a backup takes submissions while
+    none of its peers run (so nothing leaves it by gossip, and as a backup it proposes
+    nothing that its write-ahead log would keep), is killed with SIGKILL, and after a
+    restart next to its peers every acknowledged transaction commits."""
+    from ledger.store import LevelDBStore
+
+    backup = 1
+    net.start(backup)
+    status = net.wait_rpc(backup)
+    assert status["primary"] != status["validator"]
+    bank0 = Key.from_file(os.path.join(net.directory, "keys", "BANK0.json"))
+    raws = [sign_tx("test-chain", "account.open", {"id": f"BANK0:ack{n}", "owner": "BANK0", "key": bank0.public},
+                    [bank0], n, now_ms() + 600_000) for n in range(1, 206)]
+    acknowledged = []
+    code, answer = submit_batch(net.rpc(backup), [raw for raw, _ in raws[:200]])
+    assert code == 200, answer
+    for (_, tx_id), result in zip(raws[:200], answer["results"]):
+        assert result == {"tx_id": tx_id, "status": "pending"}, result
+        acknowledged.append(tx_id)
+    for raw, tx_id in raws[200:]:
+        code, answer = http("POST", f"{net.rpc(backup)}/v1/txs", raw, "application/msgpack")
+        assert (code, answer) == (202, {"tx_id": tx_id, "status": "pending"})
+        acknowledged.append(tx_id)
+    net.kill(backup)
+
+    net.start_all()
+    for i in range(4):
+        net.wait_rpc(i)
+    deadline = time.time() + 60
+    pending = set(acknowledged)
+    while pending and time.time() < deadline:
+        for tx_id in sorted(pending):
+            code, answer = http("GET", f"{net.rpc(2)}/v1/txs/{tx_id}")
+            if code == 200 and answer["status"] == "committed":
+                assert answer["result"]["code"] == "ok", answer
+                pending.discard(tx_id)
+        time.sleep(0.2)
+    assert not pending, f"{len(pending)} of {len(acknowledged)} acknowledged transactions were lost"
+    tip = max(height_of(net, i) for i in range(4))
+    for i in range(4):
+        net.wait_height(i, tip)
+    net.stop_all()
+    # Committed, so settled: the backup keeps no pending record for any of them.
+    store = LevelDBStore(os.path.join(net.home(backup), "data"), create=False)
+    try:
+        assert store.pending_items() == []
+    finally:
+        store.close()
