@@ -58,3 +58,19 @@ def test_init_from_public_keys_writes_no_secrets(tmp_path):
     assert not any(name.endswith("key.json") for _, _, files in os.walk(directory) for name in files)
     assert not os.listdir(directory / "keys")
     assert load_config(str(directory / "v0")).name == "v0"
+
+
+def test_config_examples_load_and_agree(tmp_path):
+    """configs/ holds what a bank edits; both examples must stay usable as they are."""
+    listing = os.path.join(ROOT, "configs", "public-keys.example.json")
+    directory = tmp_path / "net"
+    result = run("net", "init", "--dir", str(directory), "--public-keys", listing)
+    assert result.returncode == 0, result.stderr
+    genesis = load_genesis(str(directory / "genesis.json"))
+    home = directory / "node1"
+    shutil.copy(os.path.join(ROOT, "configs", "node.example.toml"), home / "config.toml")
+    config = load_config(str(home))
+    assert config.name == "node1" and (config.rpc_port, config.p2p_port) == (7701, 7801)
+    assert load_genesis(config.genesis_path) == genesis
+    keys = {v["name"]: v["public_key"] for v in genesis["validators"]}
+    assert {p.name: p.public_key.hex() for p in config.peers} == {n: k for n, k in keys.items() if n != "node1"}
