@@ -41,10 +41,14 @@ After the walk (offline only): block_records (a record under a block prefix whos
 is not a height), genesis_record, tip_record, state_record (missing, extra, altered or
 undecodable, by key), tx_index (missing, extra, wrong location or undecodable, by tx
 id) and unknown_record (a key under no prefix this node writes); store_read reports a
-record LevelDB itself cannot read (a damaged table file). The consensus
-write-ahead records (prefix b"w") are the replica's own votes and view state, not chain
-data: they are counted and reported as not covered, and so are the pending records
-(prefix b"p"), the transactions a node acknowledged and has not yet seen committed.
+record LevelDB itself cannot read (a damaged table file). Two kinds of record are not
+chain data, yet a damaged one would hurt the node, so their integrity is checked while
+their content is not judged: wal_record (each consensus write-ahead record, prefix
+b"w", carries the CRC32 of its key and record; a node refuses to start on a bad one)
+and pending_record (each transaction a node acknowledged and has not yet seen committed,
+prefix b"p", is a canonical envelope stored under its own tx id, for this chain, with
+valid signatures; a node would drop a bad one at its next start, losing an
+acknowledged transaction). So a single altered byte anywhere in a store is caught.
 
 Speed: each record is decoded once and each signature verified once; for large blocks
 the signatures verify on worker processes while the main thread parses the next block
@@ -65,13 +69,14 @@ from dataclasses import dataclass, field
 
 import plyvel
 
+from consensus import wal as wal_records
 from ledger import block as blockmod
 from ledger import codec, crypto
 from ledger import store as storemod
 from ledger.execution import BlockOutcome, execute_block
 from ledger.network import ConfigError, load_config, load_genesis, params_of
 from ledger.state import LedgerState
-from ledger.tx import SignedTx, TxError, expiry_fits_block, parse_signed
+from ledger.tx import SignedTx, TxError, expiry_fits_block, parse_signed, signatures_valid
 
 # Every check, in the order it runs; the names appear in reports and in docs/audit.md.
 BLOCK_CHECKS = (
@@ -81,7 +86,8 @@ BLOCK_CHECKS = (
     "result_code", "state_root",
 )
 RPC_CHECKS = ("rpc_block",)  # the node's JSON answer agrees with the bytes it carries
-RECORD_CHECKS = ("block_records", "tip_record", "state_record", "tx_index", "unknown_record")
+RECORD_CHECKS = ("block_records", "tip_record", "state_record", "tx_index", "wal_record", "pending_record",
+                 "unknown_record")
 STORE_CHECKS = ("genesis_record",) + RECORD_CHECKS + ("store_read",)
 
 FINDINGS_KEPT_MAX = 200  # a store with a broken state can differ in every record; keep the report readable
@@ -91,11 +97,12 @@ PROGRESS_DELAY_S = 1.0  # a progress bar only for audits that take a while
 PROGRESS_INTERVAL_S = 0.2
 RPC_TIMEOUT_S = 60
 WAL_NOT_COVERED = ("consensus write-ahead records (prefix 'w'): the replica's own votes and view state, kept "
-                   "so that it never votes twice after a restart; not chain data")
+                   "so that it never votes twice after a restart; not chain data: checksums checked, content not judged")
 BODY_KEYS = frozenset({"txs", "tx_ids", "results"})
 TIP_KEYS = frozenset({"height", "hash", "state_root", "time"})
 PENDING_NOT_COVERED = ("pending records (prefix 'p'): transactions this node acknowledged to clients and has not "
-                       "seen committed, re-admitted (signatures checked) at its next start; not chain data")
+                       "seen committed, re-admitted at its next start; not chain data: envelopes and signatures "
+                       "checked, whether they are still admissible is the node's to judge")
 KNOWN_PREFIXES = frozenset({storemod.HEADER, storemod.BLOCK, storemod.CERT, storemod.TXINDEX, storemod.STATE,
                             storemod.META, storemod.WAL, storemod.PENDING})
 
@@ -603,9 +610,9 @@ class _StoreAudit:
             self.report.skipped.append("the tip record, stored state and tx index were not compared: the chain "
                                        "is broken below the tip, so the replay cannot say what they should hold")
         self._check_unknown_records()
-        wal_records = sum(1 for _ in self.store.raw_items(storemod.WAL))
+        wal_records = self._check_wal_records()
         self.report.not_covered.append(f"{wal_records} {WAL_NOT_COVERED}")
-        pending_records = sum(1 for _ in self.store.raw_items(storemod.PENDING))
+        pending_records = self._check_pending_records()
         self.report.not_covered.append(f"{pending_records} {PENDING_NOT_COVERED}")
 
     def _finding(self, check: str, message: str, key: str | None = None, height: int | None = None) -> None:
@@ -674,6 +681,38 @@ class _StoreAudit:
                 self._finding("state_record", f"altered: {_difference(raw, record)}", key=key)
         for key, record in expected.items():
             self._finding("state_record", f"missing: replay gives {_show(record)}", key=key)
+
+    def _check_wal_records(self) -> int:
+        count = 0
+        for key, value in self.store.raw_items(storemod.WAL):
+            count += 1
+            try:
+                wal_records.unseal(key[1:], value)
+            except ValueError as exc:
+                self._finding("wal_record", f"{exc}: the node refuses to start on it (its own votes are "
+                                            f"unreadable); restore the record or re-sync the node", key=key.hex())
+        return count
+
+    def _check_pending_records(self) -> int:
+        count = 0
+        for key, raw in self.store.raw_items(storemod.PENDING):
+            count += 1
+            try:
+                stx = parse_signed(raw)
+            except TxError as exc:
+                problem = f"not a signed envelope ({exc.code}: {exc.message})"
+            else:
+                if len(key) != 33 or stx.tx_id != key[1:]:
+                    problem = f"stored under a key that is not its tx id {stx.tx_id.hex()}"
+                elif stx.chain != self.checker.chain_id:
+                    problem = f"a transaction for chain {stx.chain!r}"
+                elif not signatures_valid(stx):
+                    problem = "a signature does not verify"
+                else:
+                    continue
+            self._finding("pending_record", f"{problem}: the node would drop this acknowledged transaction at its "
+                                            f"next start", key=key.hex())
+        return count
 
     def _check_tx_index(self) -> None:
         expected = dict(self.checker.tx_locations)

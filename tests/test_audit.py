@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 import plyvel
 import pytest
 
+from consensus import wal
 from ledger import block as blockmod
 from ledger import codec, crypto
 from ledger.audit import AuditUnavailable, audit_rpc, audit_store
@@ -169,12 +171,79 @@ def test_single_validator_chain_audits_clean(tmp_path):
     assert audit_store(small.home).intact
 
 
-def test_wal_records_are_reported_not_covered(home):
+def add_wal_and_pending_records(chain, home: str) -> list[bytes]:
+    """What a running node keeps beside the chain: sealed write-ahead records of its own
+    votes and a pending record of a transaction it acknowledged; returns their keys."""
+    wal_key = wal.vote_key(TIP + 1, wal.KIND_PREPARE, 0)
+    acknowledged = parse_signed(new_tx(chain, nonce=10**9 + 7))
+    records = {
+        b"w" + wal_key: wal.seal(wal_key, b"the replica's own prepare"),
+        b"w" + wal.VIEW_KEY: wal.seal(wal.VIEW_KEY, codec.encode({"view": 0, "start": TIP + 1})),
+        b"p" + acknowledged.tx_id: acknowledged.raw,
+    }
     with opened(home) as db:
-        db.put(b"wvote-1", b"anything the replica wrote")
+        for key, value in records.items():
+            db.put(key, value)
+    return list(records)
+
+
+def test_wal_and_pending_records_are_checked_and_reported_not_covered(chain, home):
+    add_wal_and_pending_records(chain, home)
     report = audit_store(home)
     assert report.intact, report.to_text()
-    assert report.not_covered[0].startswith("1 consensus write-ahead records")
+    assert report.not_covered[0].startswith("2 consensus write-ahead records")
+    assert report.not_covered[1].startswith("1 pending records")
+
+
+def test_wal_record_byte_flipped(chain, home):
+    key = add_wal_and_pending_records(chain, home)[0]
+    with opened(home) as db:
+        db.put(key, flip(db.get(key), 9))
+    expect(home, "wal_record", TIP, key=key.hex(), text="checksum mismatch")
+
+
+def test_pending_record_byte_flipped_or_misfiled(chain, home):
+    key = add_wal_and_pending_records(chain, home)[2]
+    with opened(home) as db:
+        raw = db.get(key)
+        db.put(key, flip(raw, len(raw) - 3))  # inside the body: another tx id
+        db.put(b"p" + b"\x05" * 32, raw[:-1] + b"?")
+    report = expect(home, "pending_record", TIP)
+    assert {f.key for f in report.findings} == {key.hex(), (b"p" + b"\x05" * 32).hex()}
+
+
+def test_every_single_altered_byte_is_caught(chain, home):
+    """For every record of a store, one byte of its value and then one byte of its key is
+    replaced by another value (seeded), one alteration at a time: the audit finds each."""
+    add_wal_and_pending_records(chain, home)
+    with opened(home) as db:
+        records = list(db.iterator())
+    rng = random.Random(20261204)
+    missed = []
+
+    def altered(data: bytes) -> bytes:
+        index = rng.randrange(len(data))
+        return data[:index] + bytes([data[index] ^ rng.randrange(1, 256)]) + data[index + 1:]
+
+    for key, value in records:
+        for target in ("value", "key"):
+            new_key, new_value = (key, altered(value)) if target == "value" else (altered(key), value)
+            with opened(home) as db:
+                displaced = db.get(new_key) if new_key != key else None
+                if new_key != key:
+                    db.delete(key)
+                db.put(new_key, new_value)
+            if audit_store(home).intact:
+                missed.append(f"{target} of {key.hex()}")
+            with opened(home) as db:
+                if displaced is not None:
+                    db.put(new_key, displaced)
+                elif new_key != key:
+                    db.delete(new_key)
+                db.put(key, value)
+    assert not missed, f"{len(missed)} of {2 * len(records)} alterations passed the audit: {missed[:10]}"
+    assert audit_store(home).intact  # and every record was put back as it was
+    assert len(records) > 100
 
 
 # ---------------------------------------------------------------------- headers
