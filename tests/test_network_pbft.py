@@ -137,6 +137,17 @@ def test_primary_crash_view_change_catch_up(net):
         for i in range(4):
             code, answer = http("GET", f"{net.rpc(i)}/v1/txs/{tx_id}")
             assert code == 200 and (answer["height"], answer["index"]) == place, (i, tx_id, answer)
+    # Nothing acknowledged is lost: every transaction answered "pending" commits, also
+    # those the primary acknowledged just before it was killed (it re-admits them).
+    unconfirmed = {tx_id for tx_id, _ in load.submitted} - set(load.reported)
+    deadline = time.time() + 60
+    while unconfirmed and time.time() < deadline:
+        for tx_id in sorted(unconfirmed):
+            code, answer = http("GET", f"{net.rpc(3)}/v1/txs/{tx_id}")
+            if code == 200 and answer["status"] == "committed":
+                unconfirmed.discard(tx_id)
+        time.sleep(0.2)
+    assert not unconfirmed, f"{len(unconfirmed)} of {len(load.submitted)} acknowledged transactions never committed"
 
 
 def test_paused_primary_is_replaced_then_rejoins(net):
