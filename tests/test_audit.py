@@ -803,3 +803,13 @@ def _wait_for_rpc(url: str, process: subprocess.Popen, log_path) -> None:
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"the node's RPC did not come up:\n{log_path.read_text()[-3000:]}")
+
+
+def test_a_closed_output_pipe_ends_quietly(home):
+    """`ledger audit ... | head`: a reader that goes away gets no traceback on stderr."""
+    process = subprocess.Popen([sys.executable, "-m", "ledger.cli", "audit", "--home", home, "--json"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the audit writes anything
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr, stderr
