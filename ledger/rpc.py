@@ -19,6 +19,7 @@ import re
 
 import msgpack
 from aiohttp import WSMsgType, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ledger import block as blockmod
 from ledger import proof as proofmod
@@ -82,10 +83,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", f"request body exceeds {limit} bytes")
     body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "too_large", f"request body exceeds {limit} bytes")
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, "too_large", f"request body exceeds {limit} bytes")
+    except RequestPayloadError as exc:
+        # A body aiohttp cannot decode (a bad Content-Encoding, broken chunking): the
+        # client's fault, so a 4xx. (aiohttp then logs the broken stream once more while it
+        # closes the connection; that line is aiohttp's, not a fault of the node.)
+        reason = getattr(exc.__cause__, "message", None) or str(exc.__cause__ or exc)
+        raise ApiError(400, "bad_encoding", f"the request body cannot be read: {reason}") from None
     return bytes(body)
 
 
