@@ -83,12 +83,17 @@ class Network:
 
     def wait_connected(self, i: int, timeout: float = 30) -> None:
         deadline = time.time() + timeout
+        body = {}
         while time.time() < deadline:
             body = self.wait_rpc(i, max(1.0, deadline - time.time()))
             if all(p["connected"] for p in body["peers"]):
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"node{i} did not connect to its peers")
+        missing = [p["name"] for p in body.get("peers", []) if not p["connected"]]
+        exited = {j: p.returncode for j, p in self.processes.items() if p.poll() is not None}
+        logs = "\n".join(f"--- {name}.log ---\n{self.log(int(name[4:]))[-2000:]}"
+                         for name in missing if name.startswith("node") and name[4:].isdigit())
+        raise TimeoutError(f"node{i} did not connect to {missing} (exited processes: {exited}):\n{logs}")
 
     def wait_height(self, i: int, height: int, timeout: float = 30) -> dict:
         deadline = time.time() + timeout
