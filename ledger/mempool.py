@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ledger.tx import SignedTx, TxError, expiry_fits_block
@@ -51,6 +52,10 @@ class Mempool:
     def raw_envelopes(self) -> list[bytes]:
         """Every pending envelope, oldest first."""
         return [entry.tx.raw for entry in self._entries.values()]
+
+    def oldest_first(self) -> Iterator[SignedTx]:
+        """Every pending transaction, oldest first; the pool must not change meanwhile."""
+        return (entry.tx for entry in self._entries.values())
 
     def get(self, tx_id: bytes) -> SignedTx | None:
         entry = self._entries.get(tx_id)

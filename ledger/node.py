@@ -52,6 +52,14 @@ PROPOSAL_TXS_MAX = 3000
 PEER_MESSAGE_MAX = 64 * 1024 * 1024
 CHECKED_BLOCKS_MAX = 16
 FETCH_SERVE_INTERVAL_MS = 20
+# A transaction this node acknowledged that is still pending this long after it arrived
+# is gossiped again (every interval, at most the cap per round, oldest first): a gossip
+# message can be lost on a link that dies before anyone notices, or refused by a full
+# queue or mempool, and then only this node holds the transaction. As a backup it never
+# proposes it, and its lone censorship vote cannot force a view change.
+REGOSSIP_AGE_MS = 4000
+REGOSSIP_INTERVAL_MS = 2000
+REGOSSIP_TXS_MAX = 10_000
 
 
 class NodeUnavailable(Exception):
@@ -128,6 +136,7 @@ class Node:
         self._acknowledging: list[SignedTx] = []
         self._synced_future: asyncio.Future | None = None
         self._acknowledged: set[bytes] = set()
+        self._arrival_ms: dict[bytes, int] = {}  # tx id -> this node's clock when it was admitted
         try:
             self._restore_acknowledged()
         except StoreError as exc:
@@ -137,8 +146,8 @@ class Node:
         self._events: collections.deque = collections.deque()
         self._draining = False
         self._gossip_out: list[bytes] = []
-        self._arrival_ms: dict[bytes, int] = {}
-        self._linked_peers: set[bytes] = set()
+        self._link_generations: dict[bytes, int] = {}
+        self._next_regossip_ms = 0
         self._flush_scheduled = False
         self._stall_reference_height = self.tip.height
         self._last_view = self.replica.view
@@ -192,6 +201,7 @@ class Node:
                     raise TxError("bad_record", "the envelope's tx id is not the record's key")
                 self._check_admissible(stx, now)
                 self.mempool.add(stx, self.tip.height)
+                self._arrival_ms[stx.tx_id] = now
             except TxError as exc:
                 if exc.code not in ("duplicate", "expired"):
                     log.warning("pending record %s dropped: %s", tx_id.hex(), exc)
@@ -634,11 +644,13 @@ class Node:
             self.p2p.broadcast(codec.encode(["g", batch]))
 
     def _gossip_to_new_links(self) -> None:
-        """A peer whose link just came up (or came back) missed what was gossiped while it
-        was away: send it every pending transaction once, in batches."""
-        connected = set(self.p2p.connected())
-        fresh = connected - self._linked_peers
-        self._linked_peers = connected
+        """A peer whose link just came up (or came back, however briefly it was down)
+        missed what was gossiped while it was away: send it every pending transaction once,
+        in batches. Links are told apart by generation, not by peer, because a link that
+        drops and is redialed within one tick shows the same peer in both readings."""
+        generations = self.p2p.link_generations()
+        fresh = [peer for peer, generation in generations.items() if self._link_generations.get(peer) != generation]
+        self._link_generations = generations
         if not fresh or not len(self.mempool):
             return
         raws = self.mempool.raw_envelopes()
@@ -646,6 +658,25 @@ class Node:
             for start in range(0, len(raws), GOSSIP_FLUSH_TXS):
                 self.p2p.send(peer, codec.encode(["g", raws[start:start + GOSSIP_FLUSH_TXS]]))
             self.stats.counters["regossiped"] += len(raws)
+
+    def _regossip_stale(self, now: int) -> None:
+        """Gossip again what this node acknowledged and still holds uncommitted after
+        REGOSSIP_AGE_MS (see there), so that no loss of a gossip message strands it here."""
+        if now < self._next_regossip_ms or not self._acknowledged:
+            return
+        self._next_regossip_ms = now + REGOSSIP_INTERVAL_MS
+        stale = []
+        for stx in self.mempool.oldest_first():
+            arrived = self._arrival_ms.get(stx.tx_id)
+            if arrived is not None and now - arrived < REGOSSIP_AGE_MS:
+                break  # arrival order: everything after this is younger still
+            if stx.tx_id in self._acknowledged:
+                stale.append(stx.raw)
+                if len(stale) >= REGOSSIP_TXS_MAX:
+                    break
+        for start in range(0, len(stale), GOSSIP_FLUSH_TXS):
+            self.p2p.broadcast(codec.encode(["g", stale[start:start + GOSSIP_FLUSH_TXS]]))
+        self.stats.counters["regossiped_stale"] += len(stale)
 
     # ------------------------------------------------------------------ submissions (RPC)
     def submit(self, raw: bytes) -> SignedTx:
@@ -738,6 +769,7 @@ class Node:
                 return
         self._flush_gossip()
         self._gossip_to_new_links()
+        self._regossip_stale(now)
         if self.replica.view != self._last_view:
             self._last_view = self.replica.view
             self._stall_reference_height = self.tip.height

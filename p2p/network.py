@@ -162,7 +162,7 @@ class PeerNetwork:
 
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._links: dict[bytes, _Link] = {}
-        self._ever_linked: set[bytes] = set()
+        self._link_generation: dict[bytes, int] = {}  # links installed per peer, ever
         self._open_sockets: set = set()          # every WebSocket not yet closed, for stop()
         self._dial_tasks: list[asyncio.Task] = []
         self._background_tasks: set[asyncio.Task] = set()  # closes of replaced links
@@ -248,6 +248,12 @@ class PeerNetwork:
 
     def connected(self) -> list[bytes]:
         return list(self._links)
+
+    def link_generations(self) -> dict[bytes, int]:
+        """Each connected peer's link generation: it grows every time a link to that peer
+        comes up, so a caller that compares two readings sees every new link, also one that
+        dropped and came back between the readings."""
+        return {key: self._link_generation[key] for key in self._links}
 
     def status(self) -> list[dict]:
         """One entry per configured peer, in configuration order."""
@@ -534,9 +540,9 @@ class PeerNetwork:
         previous = self._links.get(key)
         self._links[key] = link
         self.counters["links_established"] += 1
-        if key in self._ever_linked:
+        if key in self._link_generation:
             self.counters["reconnects"] += 1
-        self._ever_linked.add(key)
+        self._link_generation[key] = self._link_generation.get(key, 0) + 1
         if previous is not None:
             # The dialer redials only once it believes the old link is dead, so the
             # newest link is the live one. The old one's own task finishes its teardown.

@@ -400,6 +400,8 @@ async def test_newest_link_from_a_validator_replaces_the_old_one(harness):
     assert await expect_closed(first) == aiohttp.WSCloseCode.OK
     assert server.counters["links_replaced"] == 1
     assert server.connected() == [keys[0].public_key]
+    # The same peer, a new link: a reader comparing generations sees it came back.
+    assert server.link_generations() == {keys[0].public_key: 2}
     assert server.send(keys[0].public_key, b"to the new link")
     message = await asyncio.wait_for(second.receive(), 3.0)
     assert message.data == b"to the new link"
@@ -412,6 +414,7 @@ async def test_stopped_peer_is_redialed_within_the_backoff(harness):
     networks, inboxes, ports = await harness.start_cluster(keys, reconnect_min_s=0.02, reconnect_max_s=0.1)
     dialer, acceptor = networks
     assert await dialer.wait_connected(1, 5.0)
+    assert dialer.link_generations() == {keys[1].public_key: 1}
 
     # The acceptor goes away and comes back on the same port: the dialer redials.
     await acceptor.stop()
@@ -425,6 +428,7 @@ async def test_stopped_peer_is_redialed_within_the_backoff(harness):
     assert await dialer.wait_connected(1, 2.0)
     assert loop.time() - restarted_at < 1.0  # backoff is capped at 0.1 s
     assert dialer.counters["reconnects"] == 1
+    assert dialer.link_generations() == {keys[1].public_key: 2}
     await assert_exchange(dialer, acceptor, acceptor_inbox, b"after restart")
 
     # The dialer goes away and a fresh instance with the same key links again.
