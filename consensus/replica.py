@@ -177,7 +177,6 @@ class _Height:
         self.proposal_requested: int | None = None
         self.persisted_blocks: set[tuple[bytes, bytes]] = set()
         self.persisted_preprepares: set[int] = set()
-        self.divergence_alarmed = False
 
 
 @dataclass
@@ -447,18 +446,22 @@ class Replica:
         if message.view > self._view + self._config.view_window:
             self._drop("beyond_view_window")
             return False
+        # Stale views are dropped at every height, before anything is buffered: views only
+        # grow, so such a message could never be used, and buffering it would let a peer
+        # fill the buffer with every view below ours (the bound is Vmax views, not v).
+        if message.kind == KIND_COMMIT:
+            # A quorum of commits is final in any view and any mode: a few views back still count.
+            if message.view + self._config.view_window < self._view:
+                self._drop("stale_view")
+                return False
+        elif message.view < self._view:
+            self._drop("stale_view")
+            return False
         if message.height > next_height:
             self._buffer_message(message, sender)
             return False
         if message.kind == KIND_COMMIT:
-            # A quorum of commits is final in any view and any mode.
-            if message.view + self._config.view_window < self._view:
-                self._drop("stale_view")
-                return False
             return True
-        if message.view < self._view:
-            self._drop("stale_view")
-            return False
         if message.view > self._view:
             self._buffer_message(message, sender)
             return False
@@ -795,11 +798,10 @@ class Replica:
                 self._commit_block(block, certificate)
                 return
         for block in candidates:
-            if block.status == _INVALID and not block.rejected_fresh and not round_.divergence_alarmed:
-                # q validators (so at least one honest) committed a block our own ledger
-                # rules reject: state divergence or non-determinism.
-                round_.divergence_alarmed = True
-                self._alarm(f"checkpoint mismatch: height {round_.height} committed by a quorum fails local checks")
+            # One rejected only by the clock is checked again without it. One rejected by the
+            # rules is no evidence of divergence: votes name the header, not the payload, so a
+            # Byzantine primary can pair the certified header with another payload. Fetch the
+            # certified block instead; the driver judges whether its ledger disagrees.
             self._request_check(block, fresh=False)
         if not any(block.payload is not None and block.status != _INVALID for block in candidates):
             self._request_catch_up(certificate.signers, immediate=urgent)
@@ -807,6 +809,9 @@ class Replica:
     def _commit_block(self, block: _Block, certificate: Certificate) -> None:
         height = self._round.height
         certificate_dict = certificate.to_dict()
+        # The block before its certificate: a replica that validated it without voting (it
+        # was in a view change) and crashes before CommitBlock is durable must find both.
+        self._persist_block(block)
         self._persist(wal_records.CERTIFICATE_KEY, codec.encode(certificate_dict))
         self._emit(CommitBlock(height, block.header, block.payload, certificate_dict))
         # Keep this height's records until the next commit: if the driver crashes before
@@ -1062,7 +1067,10 @@ class Replica:
         self._enter_new_view(target, plan, preprepare, payload, encode_new_view(new_view, payload), announce=True)
 
     def _on_new_view(self, new_view: NewView, sender: bytes, data: bytes) -> None:
-        if new_view.signer != sender or sender != self._quorum.primary(new_view.view):
+        # Only the primary of the view signs its NEW-VIEW, but anyone may deliver it: a
+        # backup forwards the one it entered the view with to a peer still asking for the
+        # view (help). The message proves itself (its signature and q VIEW-CHANGEs).
+        if new_view.signer != self._quorum.primary(new_view.view):
             self._drop("not_primary")
             return
         if new_view.view <= self._view:
@@ -1101,7 +1109,7 @@ class Replica:
         else:
             if (
                 preprepare is None
-                or preprepare.signer != sender
+                or preprepare.signer != new_view.signer
                 or preprepare.view != new_view.view
                 or preprepare.height != plan.start_height + 1
                 or preprepare.block_hash != carried.block_hash
@@ -1151,6 +1159,12 @@ class Replica:
             return
         round_.preprepares[preprepare.view] = preprepare
         block = self._register_block(preprepare.block_hash, preprepare.payload_hash, preprepare.header, payload)
+        # Persisted now, not only when we vote: the view record is durable already, and a
+        # replica restarted in this view would otherwise lack the one PRE-PREPARE it may
+        # vote for (the primary's retransmitted NEW-VIEW is for a view it is already in).
+        self._persist_preprepare(preprepare)
+        if block.payload is not None:
+            self._persist_block(block)
         if block.status == _VALID:
             self._maybe_prepare(preprepare.view)
             self._check_prepared(preprepare.view)
@@ -1179,10 +1193,13 @@ class Replica:
     def _on_certificate(self, message: CertificateMessage, sender: bytes) -> None:
         certificate = message.certificate
         round_ = self._round
-        if certificate.height <= self._height or (
-            certificate.height == round_.height and round_.certificate is not None
-        ):
+        if certificate.height <= self._height:
             self._drop("stale_height")
+            return
+        if certificate.height == round_.height and round_.certificate is not None:
+            # Known already, yet a peer thinks we are behind: still without the block, fetch it.
+            self._drop("duplicate")
+            self._check_committed(urgent=True)
             return
         if not certificate_is_valid(certificate, self._config.chain_id, self._quorum, self._signatures):
             self._drop("invalid_certificate")
@@ -1475,6 +1492,9 @@ class Replica:
             self._emit(Forget(height))
         for block in list(self._round.blocks.values()):
             self._request_check(block, fresh=False)  # the driver re-validates what we voted for
+        # Committed before the crash but not yet stored: commit once the block checks, or
+        # fetch it at once if the WAL does not hold it.
+        self._check_committed(urgent=True)
         self._resend_after_restart()
 
     def _read_wal(self, wal: list[tuple[bytes, bytes]]) -> dict:

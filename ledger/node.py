@@ -33,7 +33,7 @@ from ledger.network import ConfigError, load_config, load_genesis, params_of
 from ledger.state import LedgerState
 from ledger.store import LevelDBStore, StoreError, Tip
 from ledger.tx import SignedTx, TxError, check_chain_and_expiry, parse_signed, signatures_valid
-from ledger.validation import BlockInvalid, ChainContext, CheckedBlock, build_block, check_block
+from ledger.validation import BlockDiverges, BlockInvalid, ChainContext, CheckedBlock, build_block, check_block
 from p2p.network import PeerInfo, PeerNetwork
 
 log = logging.getLogger("ledger.node")
@@ -511,6 +511,10 @@ class Node:
             if problem is None:
                 try:
                     checked = self._validate(header_bytes, payload, False)
+                except BlockDiverges as exc:
+                    # The very bytes q validators certified fail here: not the peer's doing.
+                    self._halt(f"certified block at height {height} fails validation here: {exc}")
+                    return
                 except BlockInvalid as exc:
                     problem = str(exc)
             if problem is not None:

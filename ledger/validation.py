@@ -21,6 +21,13 @@ class BlockInvalid(Exception):
     """A block that breaks a rule; the message names the rule."""
 
 
+class BlockDiverges(BlockInvalid):
+    """A block whose payload is the one its header commits to (tx_root matches), yet a rule
+    fails on its transactions or their re-execution. For a certified block this is not a
+    peer's fault: q validators, at least one honest, accepted exactly these bytes, so this
+    node's ledger disagrees with theirs (a bug or non-determinism)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CheckedBlock:
     header: blockmod.Header
@@ -101,21 +108,21 @@ def check_block(ctx: ChainContext, state: LedgerState, header_bytes: bytes, payl
             try:
                 stx = parse_signed(raw)
             except TxError as exc:
-                raise BlockInvalid(f"tx {index}: {exc.code}: {exc.message}") from None
+                raise BlockDiverges(f"tx {index}: {exc.code}: {exc.message}") from None
         if stx.chain != ctx.chain_id:
-            raise BlockInvalid(f"tx {index} is for another chain")
+            raise BlockDiverges(f"tx {index} is for another chain")
         if not expiry_fits_block(stx, header.time):
-            raise BlockInvalid(f"tx {index} is outside its expiry window")
+            raise BlockDiverges(f"tx {index} is outside its expiry window")
         # A pooled tx is never committed (the pool drops it at commit): only others hit the index.
         if stx.tx_id in seen or (needs_signature_check and is_committed(stx.tx_id)):
-            raise BlockInvalid(f"tx {index} was committed before or repeats in the block")
+            raise BlockDiverges(f"tx {index} was committed before or repeats in the block")
         seen.add(stx.tx_id)
         if needs_signature_check and not signatures_valid(stx):
-            raise BlockInvalid(f"tx {index} has an invalid signature")
+            raise BlockDiverges(f"tx {index} has an invalid signature")
         txs.append(stx)
     outcome = execute_block(state, header.height, header.time, txs)
     if blockmod.results_root([t.tx_id for t in txs], outcome.results) != header.results_root:
-        raise BlockInvalid("results_root does not match re-execution")
+        raise BlockDiverges("results_root does not match re-execution")
     if outcome.state_root != header.state_root:
-        raise BlockInvalid("state_root does not match re-execution")
+        raise BlockDiverges("state_root does not match re-execution")
     return CheckedBlock(header, header_bytes, blockmod.block_hash(header_bytes), txs, outcome)
