@@ -10,6 +10,8 @@ every enabled behaviour fired.
 Behaviours (KINDS):
     equivocate        as primary, send two different valid blocks to two halves of the backups
     bad_payload       as primary, propose a block whose payload breaks the ledger rules
+    swap_payload      as primary, send one backup the real header with another payload (votes
+                      name the header only, so that backup sees the certified block as invalid)
     censor            as primary, propose only empty blocks (the mempool's txs never commit)
     conflicting_votes send some peers PREPARE/COMMIT for a random digest instead, and more such votes
     withhold          drop each outgoing message with probability 1/2
@@ -50,7 +52,7 @@ from consensus.messages import (
 
 from .ledger_app import PAYLOAD_PREFIX, FakeLedger
 
-PRIMARY_KINDS = ("equivocate", "bad_payload", "censor")
+PRIMARY_KINDS = ("equivocate", "bad_payload", "censor", "swap_payload")
 KINDS = PRIMARY_KINDS + (
     "conflicting_votes", "withhold", "forge", "stale_view", "future_view", "garbage", "bad_view_change",
 )
@@ -123,6 +125,16 @@ class Byzantine:
             bad = self._sign_block(ledger, preprepare, b"bad:" + self.rng.randbytes(12), now_ms)
             self._fired("bad_payload")
             return [(t, bad) for t in targets]
+        if "swap_payload" in self.kinds:
+            other_payload = PAYLOAD_PREFIX + self.rng.randbytes(12)
+            swapped = sign_preprepare(
+                self.key, self.chain_id, preprepare.view, preprepare.height, preprepare.header, other_payload,
+                preprepare.block_hash, codec.sha256(other_payload),
+            )
+            victim = self.rng.choice(targets)
+            self._fired("swap_payload")
+            return [(t, encode_preprepare(swapped, other_payload) if t == victim
+                     else encode_preprepare(preprepare, preprepare.payload)) for t in targets]
         return None
 
     def _sign_block(self, ledger: FakeLedger, preprepare: PrePrepare, payload: bytes, now_ms: int) -> bytes:
