@@ -225,7 +225,8 @@ class RpcServer:
         signatures = 0
         for item in raws:
             try:
-                raw = _parse_hex(item, "tx") if type(item) is str else item
+                # msgpack entries are bin (checked above); JSON ones must be hex strings.
+                raw = item if type(item) is bytes else _parse_hex(item, "tx")
                 stx = parse_signed(raw)
                 signatures += len(stx.sigs)
                 parsed.append(stx)

@@ -39,7 +39,9 @@ def random_body(rng: random.Random) -> bytes:
     if choice == 1:
         return json.dumps({"tx": os.urandom(rng.randrange(0, 300)).hex()}).encode()
     if choice == 2:
-        return json.dumps({"txs": [os.urandom(rng.randrange(0, 100)).hex() for _ in range(rng.randrange(0, 20))]}).encode()
+        entries = [rng.choice([os.urandom(rng.randrange(0, 100)).hex(), 1, None, True, [], {}, "zz", 2**70, 1.5])
+                   for _ in range(rng.randrange(0, 20))]
+        return json.dumps({"txs": entries}).encode()
     if choice == 3:
         return msgpack.packb([os.urandom(rng.randrange(0, 200)) for _ in range(rng.randrange(0, 20))])
     if choice == 4:  # a structurally plausible envelope with random field types

@@ -115,6 +115,10 @@ def test_batch_mixed_results(node):
     assert third["error"]["code"] == "duplicate"
     status, answer = http("POST", f"{rpc}/v1/txs/batch", json.dumps({"txs": ["zz"]}).encode())
     assert status == 200 and answer["results"][0]["error"]["code"] == "bad_encoding"
+    # JSON entries that are not strings are refused in place, like bad hex.
+    status, answer = http("POST", f"{rpc}/v1/txs/batch", json.dumps({"txs": [1, None, {}, good.hex()]}).encode())
+    assert status == 200, answer
+    assert [r.get("error", {}).get("code") for r in answer["results"]] == ["bad_encoding"] * 3 + ["duplicate"]
 
 
 @pytest.mark.parametrize("path,status,code", [
