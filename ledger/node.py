@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -427,8 +428,9 @@ class Node:
     def _publish_block(self, checked: CheckedBlock, tx_ids, results) -> None:
         if not self.event_subscribers:
             return
-        message = {"height": checked.header.height, "hash": checked.block_hash.hex(),
-                   "txs": [{"tx_id": i.hex(), "code": c} for i, c in zip(tx_ids, results)]}
+        # Encoded once for every subscriber (a block's event can hold thousands of txs).
+        message = json.dumps({"height": checked.header.height, "hash": checked.block_hash.hex(),
+                              "txs": [{"tx_id": i.hex(), "code": c} for i, c in zip(tx_ids, results)]})
         for queue in list(self.event_subscribers):
             if queue.full():
                 # A subscriber that cannot keep up is cut off rather than allowed to grow memory.

@@ -37,6 +37,7 @@ BATCH_SIGS_MAX = 20_000
 WAIT_TIMEOUT_DEFAULT_S = 10.0
 WAIT_TIMEOUT_MAX_S = 60.0
 EVENT_QUEUE_MAX = 1024
+EVENT_SUBSCRIBERS_MAX = 256  # each costs a queue and a JSON write per block
 _HEX32 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _METRIC_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -358,6 +359,9 @@ class RpcServer:
 
     # ------------------------------------------------------------------ streams and metrics
     async def events(self, request: web.Request) -> web.WebSocketResponse:
+        if len(self.node.event_subscribers) >= EVENT_SUBSCRIBERS_MAX:
+            raise ApiError(429, "too_many_subscribers",
+                           f"this node serves at most {EVENT_SUBSCRIBERS_MAX} event subscribers; retry later")
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
         await ws.prepare(request)
         queue: asyncio.Queue = asyncio.Queue(maxsize=EVENT_QUEUE_MAX)
@@ -373,7 +377,7 @@ class RpcServer:
                 message = getter.result()
                 if message is None:
                     break  # dropped for falling behind
-                await ws.send_json(message)
+                await ws.send_str(message)  # JSON, encoded once by the node for all subscribers
         finally:
             self.node.event_subscribers.discard(queue)
             reader.cancel()

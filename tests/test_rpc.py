@@ -1,5 +1,6 @@
 """The RPC of contract section 6 against a real one-validator node: every refusal is a 4xx
 with the contract's error object, every lookup has the contract's shape."""
+import asyncio
 import json
 import os
 import time
@@ -186,6 +187,35 @@ async def test_events_websocket_sends_each_committed_block(node):
     status, block = http("GET", f"{rpc}/v1/blocks/{message['height']}")
     assert block["hash"] == message["hash"]
     assert {"tx_id": tx_id, "code": "ok"} in message["txs"]
+
+
+async def test_events_subscribers_are_capped(node):
+    """Each subscriber costs the node a queue and a write per block: past the cap, 429."""
+    import aiohttp
+
+    from ledger.rpc import EVENT_SUBSCRIBERS_MAX
+
+    _, rpc, _ = node
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        sockets = [await session.ws_connect(f"{rpc}/v1/events") for _ in range(EVENT_SUBSCRIBERS_MAX)]
+        try:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(f"{rpc}/v1/events")
+            assert refused.value.status == 429
+            async with session.get(f"{rpc}/v1/events") as response:
+                assert response.status == 429
+                assert (await response.json())["error"]["code"] == "too_many_subscribers"
+        finally:
+            for ws in sockets:
+                await ws.close()
+        # The slots come free again.
+        for _ in range(50):
+            try:
+                ws = await session.ws_connect(f"{rpc}/v1/events")
+                break
+            except aiohttp.WSServerHandshakeError:
+                await asyncio.sleep(0.1)
+        await ws.close()
 
 
 def test_ledger_tx_command_submits_and_reports(node, tmp_path):
