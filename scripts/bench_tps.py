@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+import urllib.request
 
 import aiohttp
 import msgpack
@@ -45,6 +46,16 @@ async def post_batch(session: aiohttp.ClientSession, rpc: str, raws: list[bytes]
         if response.status != 200:
             raise RuntimeError(f"batch refused: {response.status} {body}")
         return body["results"]
+
+
+def node_metric(rpc: str, name: str) -> int:
+    """One counter from a node's /metrics (0 when it has not been counted yet)."""
+    with urllib.request.urlopen(f"{rpc}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return int(float(value))
+    return 0
 
 
 async def wait_all(session, rpc: str, tx_ids: list[str], timeout_s: float = 60) -> None:
@@ -148,6 +159,10 @@ async def run(args) -> dict:
         committed = len(latencies)
         last_commit = max((committed_at[t] for t in submitted_at if t in committed_at), default=started)
         status = [json.loads(json.dumps(net.wait_rpc(i))) for i in range(args.validators)]
+        # Work beyond the first gossip: transactions gossiped again because they stayed
+        # pending (ledger/node.py REGOSSIP_AGE_MS) or resent on links that came up.
+        regossip = {name: sum(node_metric(net.rpc(i), f"ledger_node_{name}_total") for i in range(args.validators))
+                    for name in ("regossiped_stale", "regossiped")}
         return {
             "validators": args.validators, "offered_rate": args.rate or "max", "txs": args.txs, "batch": args.batch,
             "accepted": len(submitted_at), "refused": refused, "committed": committed,
@@ -158,6 +173,7 @@ async def run(args) -> dict:
             "latency_ms_p99": round(percentile(latencies, 0.99), 1),
             "result_codes": codes, "client_signing_s": round(signing_s, 2),
             "heights": [s["height"] for s in status], "views": [s["view"] for s in status],
+            "txs_gossiped_again": regossip,
         }
     finally:
         net.stop_all()
