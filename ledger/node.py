@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import json
 import logging
 import time
@@ -61,6 +62,7 @@ FETCH_SERVE_INTERVAL_MS = 20
 REGOSSIP_AGE_MS = 4000
 REGOSSIP_INTERVAL_MS = 2000
 REGOSSIP_TXS_MAX = 10_000
+REGOSSIP_SCAN_MAX = 50_000  # pool entries looked at per round, so a backlog costs bounded work
 
 
 class NodeUnavailable(Exception):
@@ -672,7 +674,7 @@ class Node:
             return
         self._next_regossip_ms = now + REGOSSIP_INTERVAL_MS
         stale = []
-        for stx in self.mempool.oldest_first():
+        for stx in itertools.islice(self.mempool.oldest_first(), REGOSSIP_SCAN_MAX):
             arrived = self._arrival_ms.get(stx.tx_id)
             if arrived is not None and now - arrived < REGOSSIP_AGE_MS:
                 break  # arrival order: everything after this is younger still
