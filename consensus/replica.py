@@ -843,6 +843,10 @@ class Replica:
             self._pending_new_view = None
             if pending.start_height == height and pending.preprepare is not None:
                 self._accept_carried(pending.preprepare, pending.payload)
+        elif pending is not None:
+            # Still below the new view's start (the peer we fetched from was behind it too):
+            # fetch again after the grace period rather than wait for the progress timer.
+            self._behind_since = self._now
         self._prune_buffer()
         self._replay_buffer()
         self._try_new_view()

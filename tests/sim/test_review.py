@@ -3,7 +3,8 @@ test_scenarios.py does) through one situation found in a review against the pitf
 and invariants of PBFT-NOTES.md. Five were defects, fixed since (stale views buffered
 for future heights; a restart between the certificate record and the commit; a backup
 restarted right after a NEW-VIEW; a NEW-VIEW forwarded as help; a payload swap that
-raised a false divergence alarm); the others pin down pitfalls the code avoids.
+raised a false divergence alarm), one a slow path (a catch-up that stops short of a new
+view's start waited for the progress timer); the others pin down pitfalls the code avoids.
 """
 from __future__ import annotations
 
@@ -462,3 +463,32 @@ def test_payload_swap_by_a_byzantine_primary_fetches_without_alarm():
     alarms = [a.reason for a in actions if type(a).__name__ == "Alarm"]
     assert not alarms, f"honest replica alarmed because of a Byzantine payload swap: {alarms}"
     assert any(type(a).__name__ == "FetchBlocks" for a in actions), "it fetches the certified block instead"
+
+
+def test_catch_up_that_stops_short_of_a_new_views_start_fetches_again():
+    """NEW-VIEW(1) shows height 2 certified, node3 is at 0: it fetches. The peer it
+    fetched from had only block 1, so Synced stops at 1, below the view's start: node3
+    fetches again after the grace period instead of waiting for the progress timer."""
+    keys, config = cluster(progress_timeout_ticks=10_000)
+    ledger = FakeLedger(CHAIN_ID, config.validators)
+    blocks = []
+    for height in (1, 2):
+        header = ledger.build(0, keys[0].public_key, clock_ms(0), b"tx:%d" % height)
+        certificate = certificate_dict(keys, 0, height, header)
+        ledger.append(header, b"tx:%d" % height, certificate)
+        blocks.append((header, certificate))
+    (header1, certificate1), (header2, certificate2) = blocks
+    certified = Certificate(2, 0, codec.sha256(header2), tuple(
+        (keys[i].public_key, sign_commit(keys[i], CHAIN_ID, 0, 2, codec.sha256(header2)).signed.signature)
+        for i in (0, 1, 2)))
+    view_changes = tuple(sign_view_change(keys[i], CHAIN_ID, 1, 2, certified, None) for i in (0, 1, 2))
+    new_view = encode_new_view(sign_new_view(keys[1], CHAIN_ID, 1, view_changes, None), None)
+    node = Replica(config, keys[3], 0, GENESIS, [])
+    actions = node.step(Receive(keys[1].public_key, new_view))
+    assert node.view == 1 and [type(a).__name__ for a in actions].count("FetchBlocks") == 1
+    node.step(Synced(1, codec.sha256(header1), header1, certificate1))
+    assert node.height == 1
+    fetches = 0
+    for _ in range(config.catchup_grace_ticks + 5):
+        fetches += sum(1 for a in node.step(Tick()) if type(a).__name__ == "FetchBlocks")
+    assert fetches == 1, "it fetches again, once, within the grace period"
