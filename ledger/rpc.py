@@ -114,7 +114,8 @@ def _parse_hex(value, what: str) -> bytes:
 def _json_body(data: bytes):
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError, bad UTF-8, and integers past Python's digit limit.
         raise ApiError(400, "bad_encoding", f"body is not valid JSON: {exc}") from None
 
 

@@ -33,7 +33,7 @@ def node(tmp_path_factory):
 
 
 def random_body(rng: random.Random) -> bytes:
-    choice = rng.randrange(8)
+    choice = rng.randrange(9)
     if choice == 0:
         return os.urandom(rng.randrange(0, 2000))
     if choice == 1:
@@ -55,6 +55,8 @@ def random_body(rng: random.Random) -> bytes:
         return b"[" * rng.randrange(1, 5000)  # deep nesting in JSON
     if choice == 6:
         return b"\x91" * rng.randrange(1, 5000)  # deep nesting in msgpack
+    if choice == 7:
+        return b'{"tx": ' + b"1" * rng.randrange(4000, 6000) + b'}'  # past Python's int digit limit
     return b'{"tx": "' + b"0" * rng.randrange(0, 1000) + b'"}'
 
 

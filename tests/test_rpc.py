@@ -104,6 +104,18 @@ def test_too_large_bodies(node):
     assert_error(answer, status, None, 413, "too_large")
 
 
+@pytest.mark.parametrize("path,body", [
+    ("/v1/txs", b'{"tx": ' + b"1" * 5000 + b"}"),          # an integer past Python's digit limit
+    ("/v1/txs/batch", b'{"txs": [' + b"9" * 5000 + b"]}"),
+    ("/v1/txs", b'{"tx": "\xff"}'),                          # not UTF-8
+    ("/v1/txs", b"[" * 100_000),                              # nesting past the recursion limit
+])
+def test_json_bodies_that_cannot_be_read_are_bad_encoding(node, path, body):
+    _, rpc, _ = node
+    status, answer = http("POST", rpc + path, body)
+    assert_error(answer, status, None, 400, "bad_encoding")
+
+
 def test_batch_mixed_results(node):
     _, rpc, bank = node
     good, good_id = make(bank)
