@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import tomllib
 from dataclasses import dataclass
 
 from ledger import block, crypto
+from ledger.bodies import CURRENCY_PATTERN, MEMBER_ID_PATTERN
 
 DEFAULT_CURRENCIES = ("USD", "EUR", "GBP", "SGD", "JPY", "CNY", "HKD", "CHF")
 DEFAULT_PARAMS = {"max_clock_drift_ms": 5000, "max_block_txs": 10000, "max_block_bytes": 8388608}
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-_MEMBER = re.compile(r"^[A-Z0-9]{1,16}$")
 
 
 class ConfigError(Exception):
@@ -143,12 +141,12 @@ def genesis_problem(genesis) -> str | None:
             return "validator public keys must be distinct 32-byte hex keys"
         members = genesis["members"]
         ids = [m["id"] for m in members]
-        if len(set(ids)) != len(ids) or not all(type(i) is str and _MEMBER.match(i) for i in ids):
+        if len(set(ids)) != len(ids) or not all(type(i) is str and MEMBER_ID_PATTERN.fullmatch(i) for i in ids):
             return "member ids must be distinct [A-Z0-9]{1,16}"
         if any(len(bytes.fromhex(m["admin_key"])) != 32 for m in members):
             return "member admin keys must be 32-byte hex keys"
         for ccy, member in genesis["issuers"].items():
-            if not _CURRENCY.match(ccy) or member not in ids:
+            if not CURRENCY_PATTERN.fullmatch(ccy) or member not in ids:
                 return f"issuer {ccy}={member} names an unknown member or a bad currency"
         params = genesis.get("params", {})
         for key in DEFAULT_PARAMS:
@@ -200,7 +198,7 @@ def init_network(directory: str, *, validators: int = 4, chain_id: str = "ledger
     members = [e["member"] for e in entries]
     issuer_map = {ccy: members[i % count] for i, ccy in enumerate(DEFAULT_CURRENCIES)}
     for ccy, member in (issuers or {}).items():
-        if not _CURRENCY.match(ccy) or member not in members:
+        if not CURRENCY_PATTERN.fullmatch(ccy) or member not in members:
             raise ConfigError(f"--issuer {ccy}={member}: unknown member or bad currency code")
         issuer_map[ccy] = member
     genesis = {

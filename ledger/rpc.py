@@ -24,6 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from ledger import block as blockmod
 from ledger import proof as proofmod
 from ledger import views
+from ledger.bodies import ACCOUNT_ID_PATTERN
 from ledger.execution import RESULT_MESSAGES
 from ledger.node import NodeUnavailable
 from ledger.tx import TxError, parse_signed
@@ -38,8 +39,8 @@ WAIT_TIMEOUT_DEFAULT_S = 10.0
 WAIT_TIMEOUT_MAX_S = 60.0
 EVENT_QUEUE_MAX = 1024
 EVENT_SUBSCRIBERS_MAX = 256  # each costs a queue and a JSON write per block
-_HEX32 = re.compile(r"^[0-9a-f]{64}$")
-_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# fullmatch, never `$`: `$` also matches before a trailing newline.
+_HEX32 = re.compile(r"[0-9a-f]{64}")
 _METRIC_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 
 _STATUS_OF = {
@@ -121,7 +122,7 @@ def _json_body(data: bytes):
 
 def _tx_id_param(request: web.Request) -> bytes:
     value = request.match_info["tx_id"]
-    if not _HEX32.match(value):
+    if not _HEX32.fullmatch(value):
         raise ApiError(400, "bad_request", "tx_id must be 64 lowercase hex characters")
     return bytes.fromhex(value)
 
@@ -308,7 +309,7 @@ class RpcServer:
 
     async def block_at(self, request: web.Request) -> web.Response:
         raw = request.match_info["height"]
-        if not raw.isdigit() or len(raw) > 19:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:  # isdigit alone takes "²" and "١"
             raise ApiError(400, "bad_request", "height must be a positive integer")
         height = int(raw)
         if not 1 <= height <= self.node.tip.height:
@@ -318,7 +319,7 @@ class RpcServer:
     # ------------------------------------------------------------------ state
     def _id_param(self, request: web.Request) -> str:
         value = request.match_info["id"]
-        if not _ID.match(value):
+        if not ACCOUNT_ID_PATTERN.fullmatch(value):  # the contract's one rule for account, hold and LC ids
             raise ApiError(400, "bad_request", "id must match [A-Za-z0-9._:-]{1,64}")
         return value
 
@@ -342,7 +343,7 @@ class RpcServer:
 
     async def doc(self, request: web.Request) -> web.Response:
         value = request.match_info["hash"]
-        if not _HEX32.match(value):
+        if not _HEX32.fullmatch(value):
             raise ApiError(400, "bad_request", "hash must be 64 lowercase hex characters")
         found = views.doc_view(self.node.state, bytes.fromhex(value))
         if found is None:

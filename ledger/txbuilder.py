@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 
 # ISO 4217 minor-unit exponents that are not 2 (the common case).
 _EXPONENTS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3}
-_DURATION = re.compile(r"^\+(\d+)([smhd])$")
+_DURATION = re.compile(r"\+([0-9]+)([smhd])")  # fullmatch; [0-9], as \d takes any Unicode digit
 _UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -49,10 +49,10 @@ def format_time(ms: int) -> str:
 
 
 def parse_time(text: str, now_ms: int) -> int:
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if match:
         return now_ms + int(match.group(1)) * _UNIT_MS[match.group(2)]
-    if text.isdigit():
+    if re.fullmatch(r"[0-9]+", text):
         return int(text)
     try:
         moment = datetime.datetime.fromisoformat(text)

@@ -74,3 +74,17 @@ def test_config_examples_load_and_agree(tmp_path):
     assert load_genesis(config.genesis_path) == genesis
     keys = {v["name"]: v["public_key"] for v in genesis["validators"]}
     assert {p.name: p.public_key.hex() for p in config.peers} == {n: k for n, k in keys.items() if n != "node1"}
+
+
+def test_genesis_ids_follow_the_contracts_patterns_exactly():
+    """One rule for ids (ledger.bodies), matched whole: a trailing newline is not an id."""
+    from ledger.network import genesis_problem
+
+    directory_genesis = {
+        "chain_id": "c", "genesis_time": 1, "validators": [{"name": "n0", "member": "B0", "public_key": "11" * 32}],
+        "members": [{"id": "B0", "name": "Bank", "admin_key": "22" * 32}], "issuers": {"USD": "B0"},
+    }
+    assert genesis_problem(directory_genesis) is None
+    for members, issuers in (([{"id": "B0\n", "name": "Bank", "admin_key": "22" * 32}], {"USD": "B0\n"}),
+                             (directory_genesis["members"], {"USD\n": "B0"})):
+        assert genesis_problem({**directory_genesis, "members": members, "issuers": issuers}) is not None

@@ -146,6 +146,11 @@ def test_batch_mixed_results(node):
     ("/v1/lcs/none", 404, "unknown_lc"),
     ("/v1/docs/" + "00" * 32, 404, "unknown_doc"),
     ("/v1/nothing", 404, "not_found"),
+    ("/v1/blocks/%C2%B2", 400, "bad_request"),             # "²": a digit to str.isdigit, not to int()
+    ("/v1/blocks/%D9%A1", 400, "bad_request"),             # an Arabic-Indic one
+    ("/v1/accounts/BANK0%0A", 400, "bad_request"),         # a trailing newline
+    ("/v1/txs/" + "ab" * 32 + "%0A", 400, "bad_request"),
+    ("/v1/docs/" + "00" * 32 + "%0A", 400, "bad_request"),
 ])
 def test_lookup_errors(node, path, status, code):
     _, rpc, _ = node
