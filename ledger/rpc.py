@@ -39,6 +39,7 @@ WAIT_TIMEOUT_DEFAULT_S = 10.0
 WAIT_TIMEOUT_MAX_S = 60.0
 EVENT_QUEUE_MAX = 1024
 EVENT_SUBSCRIBERS_MAX = 256  # each costs a queue and a JSON write per block
+RPC_CONNECTIONS_MAX = 2048  # open client connections (see RpcServer.start)
 # fullmatch, never `$`: `$` also matches before a trailing newline.
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _METRIC_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -78,6 +79,42 @@ async def error_middleware(request: web.Request, handler):
     except Exception:
         log.exception("internal error serving %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; see the node's log")
+
+
+def _refusal_response() -> bytes:
+    body = json.dumps({"error": {"code": "too_many_connections",
+                                 "message": "this node has too many open connections; retry later"}}).encode()
+    head = (f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class _RefuseConnection(asyncio.Protocol):
+    """A connection past the limit: one 429 with the error object, then close.
+
+    The close waits for the client's end (at most LINGER_S) and discards what it sends:
+    closing with its request unread would reset the connection, and a reset can destroy
+    the 429 before the client reads it."""
+
+    RESPONSE = _refusal_response()
+    LINGER_S = 1.0
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        transport.write(self.RESPONSE)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(self.LINGER_S, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # the request is not read: the answer is the same for every request
+
+    def eof_received(self) -> bool:
+        self._transport.close()
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self._timer.cancel()
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -148,13 +185,32 @@ class RpcServer:
         r.add_get("/v1/events", self.events)
         r.add_get("/metrics", self.metrics)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self.connections_refused = 0
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, connections_max: int = RPC_CONNECTIONS_MAX) -> None:
+        """Listen with at most `connections_max` client connections open at once.
+
+        aiohttp has no such limit, and every connection holds a file descriptor that the
+        store and the peer links need too: past the limit a new connection is answered
+        429 and closed, so a flood of idle or slow connections cannot starve the node.
+        """
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port, backlog=1024).start()
+        server = self._runner.server
+
+        def protocol():
+            if len(server.connections) >= connections_max:
+                self.connections_refused += 1
+                return _RefuseConnection()
+            return server()
+
+        self._listener = await asyncio.get_running_loop().create_server(protocol, host, port, backlog=1024)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            await self._listener.wait_closed()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -404,6 +460,10 @@ class RpcServer:
         gauge("height", node.tip.height, "Committed height.")
         gauge("view", node.replica.view, "Current consensus view.")
         gauge("mempool_size", len(node.mempool), "Pending transactions.")
+        gauge("rpc_connections_open", len(self._runner.server.connections) if self._runner else 0,
+              "Open RPC client connections.")
+        gauge("rpc_connections_refused_total", self.connections_refused,
+              "RPC connections refused with 429 because too many were open.", "counter")
         gauge("peers_connected", len(node.p2p.connected()), "Connected validator peers.")
         for name, value in sorted(node.stats.counters.items()):
             gauge(f"node_{name}_total", value, f"Node counter {name}.", "counter")

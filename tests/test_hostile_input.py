@@ -7,6 +7,7 @@ import os
 import random
 import socket
 import time
+import urllib.request
 
 import msgpack
 import pytest
@@ -145,6 +146,41 @@ def post_encoded(node, path: str, body: bytes, encoding: str) -> tuple[int, dict
         return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+
+def test_a_flood_of_idle_connections_is_refused_past_the_cap(node):
+    """Each open connection holds a file descriptor the store and peer links need too:
+    past RPC_CONNECTIONS_MAX a new one is answered 429 and closed; freed slots work again."""
+    from ledger.rpc import RPC_CONNECTIONS_MAX
+
+    idle = []
+    try:
+        for _ in range(RPC_CONNECTIONS_MAX):
+            idle.append(socket.create_connection(("127.0.0.1", node.base_port)))
+        deadline = time.time() + 10
+        while True:  # the node registers connections as it accepts them
+            with socket.create_connection(("127.0.0.1", node.base_port), timeout=10) as extra:
+                extra.sendall(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := extra.recv(65536):
+                    answer += chunk
+            if answer.startswith(b"HTTP/1.1 429") or time.time() > deadline:
+                break
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 429"), answer[:200]
+        assert json.loads(body)["error"]["code"] == "too_many_connections"
+    finally:
+        for sock in idle[:16]:
+            sock.close()
+    time.sleep(0.5)
+    try:
+        assert http("GET", f"{node.rpc(0)}/v1/status")[0] == 200
+    finally:
+        for sock in idle[16:]:
+            sock.close()
+    with urllib.request.urlopen(f"{node.rpc(0)}/metrics", timeout=5) as response:
+        metrics = dict(line.split(" ", 1) for line in response.read().decode().splitlines() if not line.startswith("#"))
+    assert int(metrics["ledger_rpc_connections_refused_total"]) >= 1
 
 
 def test_node_keeps_working_after_hostile_input(node):
