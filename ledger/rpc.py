@@ -40,6 +40,7 @@ WAIT_TIMEOUT_MAX_S = 60.0
 EVENT_QUEUE_MAX = 1024
 EVENT_SUBSCRIBERS_MAX = 256  # each costs a queue and a JSON write per block
 RPC_CONNECTIONS_MAX = 2048  # open client connections (see RpcServer.start)
+RPC_IDLE_TIMEOUT_S = 30.0
 # fullmatch, never `$`: `$` also matches before a trailing newline.
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _METRIC_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -188,14 +189,18 @@ class RpcServer:
         self._listener: asyncio.Server | None = None
         self.connections_refused = 0
 
-    async def start(self, host: str, port: int, connections_max: int = RPC_CONNECTIONS_MAX) -> None:
+    async def start(self, host: str, port: int, connections_max: int = RPC_CONNECTIONS_MAX,
+                    idle_timeout_s: float = RPC_IDLE_TIMEOUT_S) -> None:
         """Listen with at most `connections_max` client connections open at once.
 
         aiohttp has no such limit, and every connection holds a file descriptor that the
         store and the peer links need too: past the limit a new connection is answered
         429 and closed, so a flood of idle or slow connections cannot starve the node.
+        A connection with no request under way (never sent one, sends its headers slowly,
+        or idles between requests) is closed after `idle_timeout_s`, so slots come free.
         """
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0,
+                                     keepalive_timeout=idle_timeout_s)
         await self._runner.setup()
         server = self._runner.server
 

@@ -183,6 +183,36 @@ def test_a_flood_of_idle_connections_is_refused_past_the_cap(node):
     assert int(metrics["ledger_rpc_connections_refused_total"]) >= 1
 
 
+async def test_idle_and_slow_connections_are_closed_after_the_idle_timeout():
+    """A connection that never sends a request, or sends its headers a line at a time, is
+    closed after the idle timeout (here 0.5 s; the node's is RPC_IDLE_TIMEOUT_S): a slow
+    client cannot hold a connection slot for long."""
+    import asyncio
+
+    from ledger.rpc import RpcServer
+    from tests.netutil import free_base_port
+
+    port = free_base_port(1)
+    rpc = RpcServer(node=None)  # no request ever reaches a handler here
+    await rpc.start("127.0.0.1", port, idle_timeout_s=0.5)
+    try:
+        for first_bytes in (b"", b"GET /v1/status HTTP/1.1\r\n"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            started = time.monotonic()
+            writer.write(first_bytes)
+            for line in range(20):  # a header line every 0.1 s: never a whole request
+                if reader.at_eof():
+                    break
+                await asyncio.sleep(0.1)
+                if first_bytes and not writer.is_closing():
+                    writer.write(b"X-Slow-%d: 1\r\n" % line)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            assert time.monotonic() - started < 1.5
+            writer.close()
+    finally:
+        await rpc.stop()
+
+
 def test_node_keeps_working_after_hostile_input(node):
     bank = Key.from_file(os.path.join(node.directory, "keys", "BANK0.json"))
     raw, _ = sign_tx("test-chain", "account.open", {"id": "BANK0:after", "owner": "BANK0", "key": bank.public}, [bank],
