@@ -132,19 +132,20 @@ def cmd_devnet_up(args) -> int:
     logs_dir = os.path.join(directory, "logs")
     os.makedirs(logs_dir, exist_ok=True)
     processes = []
-    for config in configs:
-        log_file = open(os.path.join(logs_dir, f"{config.name}.log"), "ab")
-        processes.append(subprocess.Popen([sys.executable, "-m", "ledger.cli", "node", "--home", config.home],
-                                          stdout=log_file, stderr=subprocess.STDOUT))
     stopping = False
 
     def stop_all(*_):
         nonlocal stopping
         stopping = True
 
+    # Before any node starts: a signal at any moment from here on stops every started node.
     signal.signal(signal.SIGINT, stop_all)
     signal.signal(signal.SIGTERM, stop_all)
     try:
+        for config in configs:
+            with open(os.path.join(logs_dir, f"{config.name}.log"), "ab") as log_file:  # the child keeps its copy
+                processes.append(subprocess.Popen([sys.executable, "-m", "ledger.cli", "node", "--home", config.home],
+                                                  stdout=log_file, stderr=subprocess.STDOUT))
         deadline = time.time() + 60
         ready: set[str] = set()
         while not stopping and time.time() < deadline and len(ready) < len(configs):
@@ -166,10 +167,13 @@ def cmd_devnet_up(args) -> int:
                 print(f"  {config.name}: RPC http://{config.rpc_host}:{config.rpc_port}")
             print("keys of the member banks are in " + os.path.join(directory, "keys") + "; Ctrl-C stops the network",
                   flush=True)
+        reported: set[str] = set()
         while not stopping:
             for config, process in zip(configs, processes):
-                if process.poll() is not None:
-                    print(f"warning: {config.name} exited ({process.returncode})", file=sys.stderr, flush=True)
+                if process.poll() is not None and config.name not in reported:
+                    reported.add(config.name)
+                    print(f"warning: {config.name} exited ({process.returncode}); see {logs_dir}/{config.name}.log",
+                          file=sys.stderr, flush=True)
             time.sleep(0.5)
             if all(p.poll() is not None for p in processes):
                 return 1
@@ -286,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--chain-id", default="ledger-devnet")
     init.add_argument("--base-port", type=int, default=7700)
     init.add_argument("--host", default="127.0.0.1")
-    init.add_argument("--issuer", action="append", metavar="CCY=MEMBER")
+    init.add_argument("--issuer", action="extend", nargs="+", metavar="CCY=MEMBER",
+                      help="currency issuer, replacing the default for that currency (repeatable)")
     init.add_argument("--public-keys", metavar="FILE", help="build genesis from public keys only")
     init.set_defaults(func=cmd_net_init)
 

@@ -173,8 +173,11 @@ def init_network(directory: str, *, validators: int = 4, chain_id: str = "ledger
     node_keys: list[crypto.KeyPair | None] = []
     admin_keys: list[crypto.KeyPair | None] = []
     if public_keys_file:
-        with open(public_keys_file) as handle:
-            listed = json.load(handle)
+        try:
+            with open(public_keys_file) as handle:
+                listed = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--public-keys {public_keys_file}: {exc}") from None
         if type(listed) is not list or not listed:
             raise ConfigError("--public-keys FILE must hold a non-empty JSON list")
         for item in listed:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import re
+from typing import NoReturn
 
 import msgpack
 from aiohttp import WSMsgType, web
@@ -41,6 +42,7 @@ EVENT_QUEUE_MAX = 1024
 EVENT_SUBSCRIBERS_MAX = 256  # each costs a queue and a JSON write per block
 RPC_CONNECTIONS_MAX = 2048  # open client connections (see RpcServer.start)
 RPC_IDLE_TIMEOUT_S = 30.0
+DRAIN_S = 2.0  # how long a refused oversize body is still read and dropped (see _refuse_too_large)
 # fullmatch, never `$`: `$` also matches before a trailing newline.
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 _METRIC_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
@@ -56,8 +58,11 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(status: int, code: str, message: str, close_connection: bool = False) -> web.Response:
+    response = web.json_response({"error": {"code": code, "message": message}}, status=status)
+    if close_connection:
+        response.force_close()  # "Connection: close": nothing of this request is read any more
+    return response
 
 
 def tx_error(exc: TxError) -> ApiError:
@@ -70,6 +75,8 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except _Answered as answered:
+        return answered.response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -121,13 +128,13 @@ class _RefuseConnection(asyncio.Protocol):
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refusing with 413 as soon as it exceeds `limit` (never read whole)."""
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, "too_large", f"request body exceeds {limit} bytes")
+        await _refuse_too_large(request, limit)
     body = bytearray()
     try:
         async for chunk in request.content.iter_chunked(64 * 1024):
             body += chunk
             if len(body) > limit:
-                raise ApiError(413, "too_large", f"request body exceeds {limit} bytes")
+                await _refuse_too_large(request, limit)
     except RequestPayloadError as exc:
         # A body aiohttp cannot decode (a bad Content-Encoding, broken chunking): the
         # client's fault, so a 4xx. (aiohttp then logs the broken stream once more while it
@@ -135,6 +142,37 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         reason = getattr(exc.__cause__, "message", None) or str(exc.__cause__ or exc)
         raise ApiError(400, "bad_encoding", f"the request body cannot be read: {reason}") from None
     return bytes(body)
+
+
+class _Answered(Exception):
+    """The handler has sent its response already (see _refuse_too_large)."""
+
+    def __init__(self, response: web.StreamResponse):
+        super().__init__("answered")
+        self.response = response
+
+
+async def _refuse_too_large(request: web.Request, limit: int) -> NoReturn:
+    """413 at once, then the connection closes without the rest of the body being read.
+
+    After the answer is sent, up to `limit` more bytes (for at most DRAIN_S) are read and
+    dropped: a client still sending when the connection closes gets a reset that can
+    destroy the 413 before it reads it, and most oversize bodies overshoot by less than
+    the limit. So the node never holds more than `limit` bytes of a body and never reads
+    more than twice that; the runner's lingering close is off (RpcServer.start).
+    """
+    response = error_response(413, "too_large", f"request body exceeds {limit} bytes", close_connection=True)
+    await response.prepare(request)
+    await response.write_eof()
+    loop = asyncio.get_running_loop()
+    deadline, dropped = loop.time() + DRAIN_S, 0
+    while dropped < limit and not request.content.at_eof() and loop.time() < deadline:
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), deadline - loop.time())
+        except (asyncio.TimeoutError, RequestPayloadError):
+            break  # the client went quiet or its stream broke: stop dropping, close now
+        dropped += len(chunk)
+    raise _Answered(response)
 
 
 def _is_msgpack(request: web.Request) -> bool:
@@ -148,6 +186,16 @@ def _parse_hex(value, what: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError:
         raise ApiError(400, "bad_encoding", f"{what} is not valid hex") from None
+
+
+def _msgpack_entry(item) -> bytes:
+    if type(item) is not bytes:
+        raise ApiError(400, "bad_encoding", "a msgpack batch entry must be bin (an encoded signed tx)")
+    return item
+
+
+def _json_entry(item) -> bytes:
+    return _parse_hex(item, "tx")
 
 
 def _json_body(data: bytes):
@@ -199,8 +247,10 @@ class RpcServer:
         A connection with no request under way (never sent one, sends its headers slowly,
         or idles between requests) is closed after `idle_timeout_s`, so slots come free.
         """
+        # lingering_time=0: after an answer that leaves a body unread (413), aiohttp would
+        # otherwise keep reading and dropping it for 10 s, gigabytes over one connection.
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0,
-                                     keepalive_timeout=idle_timeout_s)
+                                     keepalive_timeout=idle_timeout_s, lingering_time=0)
         await self._runner.setup()
         server = self._runner.server
 
@@ -275,22 +325,21 @@ class RpcServer:
                 items = msgpack.unpackb(body, raw=False, use_list=True, strict_map_key=True)
             except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as exc:
                 raise ApiError(400, "bad_encoding", f"body is not a msgpack array: {exc}") from None
-            if type(items) is not list or any(type(i) is not bytes for i in items):
+            if type(items) is not list:
                 raise ApiError(400, "bad_encoding", "msgpack body must be an array of bin (encoded signed txs)")
-            raws = items
+            raws, entry = items, _msgpack_entry
         else:
             data = _json_body(body)
             if type(data) is not dict or set(data) != {"txs"} or type(data["txs"]) is not list:
                 raise ApiError(400, "bad_encoding", 'JSON body must be {"txs": [hex, ...]}')
-            raws = data["txs"]
+            raws, entry = data["txs"], _json_entry
         if len(raws) > BATCH_TXS_MAX:
             raise ApiError(413, "too_large", f"a batch holds at most {BATCH_TXS_MAX} transactions")
         parsed: list = []
         signatures = 0
         for item in raws:
             try:
-                # msgpack entries are bin (checked above); JSON ones must be hex strings.
-                raw = item if type(item) is bytes else _parse_hex(item, "tx")
+                raw = entry(item)  # an entry of the wrong kind is refused in place, like any bad entry
                 stx = parse_signed(raw)
                 signatures += len(stx.sigs)
                 parsed.append(stx)

@@ -88,3 +88,15 @@ def test_genesis_ids_follow_the_contracts_patterns_exactly():
     for members, issuers in (([{"id": "B0\n", "name": "Bank", "admin_key": "22" * 32}], {"USD": "B0\n"}),
                              (directory_genesis["members"], {"USD\n": "B0"})):
         assert genesis_problem({**directory_genesis, "members": members, "issuers": issuers}) is not None
+
+
+def test_init_refuses_an_unreadable_public_keys_file_and_takes_several_issuers_at_once(tmp_path):
+    missing = run("net", "init", "--dir", str(tmp_path / "a"), "--public-keys", str(tmp_path / "nope.json"))
+    assert missing.returncode == 2 and "error: --public-keys" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = run("net", "init", "--dir", str(tmp_path / "b"), "--public-keys", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    made = run("net", "init", "--dir", str(tmp_path / "c"), "--issuer", "USD=BANK1", "EUR=BANK2", "--issuer", "GBP=BANK3")
+    assert made.returncode == 0, made.stderr
+    issuers = json.loads((tmp_path / "c" / "genesis.json").read_text())["issuers"]
+    assert (issuers["USD"], issuers["EUR"], issuers["GBP"], issuers["JPY"]) == ("BANK1", "BANK2", "BANK3", "BANK0")

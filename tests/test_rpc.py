@@ -132,6 +132,11 @@ def test_batch_mixed_results(node):
     status, answer = http("POST", f"{rpc}/v1/txs/batch", json.dumps({"txs": [1, None, {}, good.hex()]}).encode())
     assert status == 200, answer
     assert [r.get("error", {}).get("code") for r in answer["results"]] == ["bad_encoding"] * 3 + ["duplicate"]
+    # So are msgpack entries that are not bin (a hex str is not accepted there either).
+    body = msgpack.packb([1, good.hex(), None, good], use_bin_type=True)
+    status, answer = http("POST", f"{rpc}/v1/txs/batch", body, "application/msgpack")
+    assert status == 200, answer
+    assert [r.get("error", {}).get("code") for r in answer["results"]] == ["bad_encoding"] * 3 + ["duplicate"]
 
 
 @pytest.mark.parametrize("path,status,code", [
