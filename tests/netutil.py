@@ -66,6 +66,12 @@ class Network:
         for i in range(self.validators):
             self.start(i)
 
+    def start_connected(self, timeout: float = 30) -> None:
+        """Start every node and wait until each has linked with all its peers."""
+        self.start_all()
+        for i in range(self.validators):
+            self.wait_connected(i, timeout)
+
     def wait_rpc(self, i: int, timeout: float = 30) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -118,9 +118,7 @@ def net4(tmp_path_factory):
     """Four validators, all running and connected."""
     network = Network(str(tmp_path_factory.mktemp("review4") / "net"), validators=4)
     try:
-        network.start_all()
-        for i in range(network.validators):
-            network.wait_connected(i)
+        network.start_connected()
         yield network
     finally:
         network.stop_all()

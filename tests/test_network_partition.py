@@ -245,9 +245,7 @@ class ChainReader:
 def run_partition(p: PartitionedNetwork, *, expect_view_change: bool) -> None:
     net, victim = p.net, p.victim
     others = [i for i in range(net.validators) if i != victim]
-    net.start_all()
-    for i in range(net.validators):
-        net.wait_connected(i)
+    net.start_connected()
     alice = open_accounts(net)
     validator_keys = [v["public_key"] for v in net.genesis["validators"]]
     primary = validator_keys.index(status_of(net, others[0])["primary"])

@@ -77,9 +77,7 @@ def height_of(net, i):
 
 
 def test_primary_crash_view_change_catch_up(net):
-    net.start_all()
-    for i in range(4):
-        net.wait_connected(i)
+    net.start_connected()
     bank0 = Key.from_file(os.path.join(net.directory, "keys", "BANK0.json"))
     bank1 = Key.from_file(os.path.join(net.directory, "keys", "BANK1.json"))
     alice, bob = Key(os.urandom(32)), Key(os.urandom(32))
@@ -155,9 +153,7 @@ def test_paused_primary_is_replaced_then_rejoins(net):
     the others change view and keep committing; after SIGCONT it catches up and follows."""
     import signal
 
-    net.start_all()
-    for i in range(4):
-        net.wait_connected(i)
+    net.start_connected()
     bank0 = Key.from_file(os.path.join(net.directory, "keys", "BANK0.json"))
     nonce = iter(range(1, 10**6))
 

@@ -50,9 +50,7 @@ DEMO_NODE = 1  # the node the demo submits to; the checks read every node
 def net(tmp_path_factory):
     network = Network(str(tmp_path_factory.mktemp("trade") / "net"), validators=4)
     try:
-        network.start_all()
-        for i in range(network.validators):
-            network.wait_connected(i)
+        network.start_connected()
         yield network
     finally:
         network.stop_all()
