@@ -137,8 +137,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
                 await _refuse_too_large(request, limit)
     except RequestPayloadError as exc:
         # A body aiohttp cannot decode (a bad Content-Encoding, broken chunking): the
-        # client's fault, so a 4xx. (aiohttp then logs the broken stream once more while it
-        # closes the connection; that line is aiohttp's, not a fault of the node.)
+        # client's fault, so a 4xx.
         reason = getattr(exc.__cause__, "message", None) or str(exc.__cause__ or exc)
         raise ApiError(400, "bad_encoding", f"the request body cannot be read: {reason}") from None
     return bytes(body)
