@@ -51,7 +51,7 @@ class Mempool:
 
     def raw_envelopes(self) -> list[bytes]:
         """Every pending envelope, oldest first."""
-        return [entry.tx.raw for entry in self._entries.values()]
+        return [stx.raw for stx in self.oldest_first()]
 
     def oldest_first(self) -> Iterator[SignedTx]:
         """Every pending transaction, oldest first; the pool must not change meanwhile."""

@@ -39,6 +39,22 @@ def ledger_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "ledger.cli", *args]
 
 
+def wait_status(rpc: str, process: subprocess.Popen | None, timeout: float = 30) -> dict:
+    """The node's /v1/status once its RPC answers; RuntimeError if its process exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the node exited with {process.returncode}")
+        try:
+            status, body = http("GET", f"{rpc}/v1/status", timeout=2)
+            if status == 200:
+                return body
+        except OSError:
+            pass  # not listening yet: poll again
+        time.sleep(0.05)
+    raise TimeoutError(f"{rpc} did not answer within {timeout} s")
+
+
 class Network:
     def __init__(self, directory: str, validators: int = 4, extra_init: tuple[str, ...] = ()):
         self.directory = directory
@@ -73,19 +89,10 @@ class Network:
             self.wait_connected(i, timeout)
 
     def wait_rpc(self, i: int, timeout: float = 30) -> dict:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            process = self.processes.get(i)
-            if process is not None and process.poll() is not None:
-                raise RuntimeError(f"node{i} exited with {process.returncode}:\n{self.log(i)[-3000:]}")
-            try:
-                status, body = http("GET", f"{self.rpc(i)}/v1/status", timeout=2)
-                if status == 200:
-                    return body
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"node{i} RPC did not come up:\n{self.log(i)[-3000:]}")
+        try:
+            return wait_status(self.rpc(i), self.processes.get(i), timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"node{i}: {exc}:\n{self.log(i)[-3000:]}") from None
 
     def wait_connected(self, i: int, timeout: float = 30) -> None:
         deadline = time.time() + timeout

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from contextlib import contextmanager
 
 import plyvel
@@ -39,6 +38,7 @@ from ledger.execution import execute_block
 from ledger.state import LedgerState
 from ledger.tx import make_tx, parse_signed
 from tests.chainmaker import TX_LIFETIME_MS, make_chain, sign_certificate
+from tests.netutil import wait_status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCKS = 5
@@ -790,19 +790,10 @@ def test_online_audit_of_a_real_node_then_offline(tmp_path):
 
 
 def _wait_for_rpc(url: str, process: subprocess.Popen, log_path) -> None:
-    import urllib.request
-
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the node exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/v1/status", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"the node's RPC did not come up:\n{log_path.read_text()[-3000:]}")
+    try:
+        wait_status(url, process)
+    except (RuntimeError, TimeoutError) as exc:
+        raise type(exc)(f"{exc}:\n{log_path.read_text()[-3000:]}") from None
 
 
 def test_a_closed_output_pipe_ends_quietly(home):

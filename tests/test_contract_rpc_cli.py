@@ -22,7 +22,7 @@ import nacl.signing
 import pytest
 
 from tests.contract_client import Key, canonical, http, sign_tx, submit_batch
-from tests.netutil import ROOT, Network, free_base_port, ledger_cmd
+from tests.netutil import ROOT, Network, free_base_port, ledger_cmd, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -479,20 +479,6 @@ def test_net_init_from_public_keys_default_issuers_follow_the_listed_members(tmp
 
 
 # ---------------------------------------------------------------------- section 7: node, audit, keygen, devnet
-def _wait_rpc(rpc: str, process: subprocess.Popen, timeout: float = 30) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert process.poll() is None, f"the node exited with {process.returncode}"
-        try:
-            status, body = http("GET", f"{rpc}/v1/status", timeout=2)
-            if status == 200:
-                return body
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(rpc)
-
-
 def _stop(process: subprocess.Popen, sig: int) -> int:
     process.send_signal(sig)
     try:
@@ -514,7 +500,7 @@ def test_node_stops_cleanly_on_sigint_and_sigterm_and_audits_intact_even_copied(
     process = subprocess.Popen(ledger_cmd("node", "--home", network.home(0)), cwd=ROOT, stdout=log,
                                stderr=subprocess.STDOUT)
     try:
-        _wait_rpc(rpc, process)
+        wait_status(rpc, process)
         raw, tx_id = open_account(bank, "BANK0:kept", bank.public)
         status, answer = http("POST", f"{rpc}/v1/txs?wait=commit", raw, "application/msgpack")
         assert status == 200 and answer["result"]["code"] == "ok", answer
@@ -539,7 +525,7 @@ def test_node_stops_cleanly_on_sigint_and_sigterm_and_audits_intact_even_copied(
     process = subprocess.Popen(ledger_cmd("node", "--home", str(copied / "node0")), cwd=ROOT, stdout=log,
                                stderr=subprocess.STDOUT)
     try:
-        assert _wait_rpc(rpc, process)["height"] == report["height"]
+        assert wait_status(rpc, process)["height"] == report["height"]
         status, answer = http("GET", f"{rpc}/v1/txs/{tx_id}")
         assert status == 200 and answer["status"] == "committed"
         assert _stop(process, signal.SIGTERM) == 0
